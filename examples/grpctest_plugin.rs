@@ -1,0 +1,158 @@
+//! go-plugin's own test contract (`grpctest.Test`, plugin `test`, cookie `TEST_MAGIC_COOKIE=test`)
+//! served by a Rust plugin, with the modes compat-tests drives (spec §19 direction A):
+//! `test-grpc` (default, v1), `test-mtls` (v2), `test-versioned` (v2 and v3), `stderr`,
+//! `stdin`, `cleanup PATH`.
+
+use std::io::Write;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use goplugin::proto::grpctest::ping_pong_client::PingPongClient;
+use goplugin::proto::grpctest::ping_pong_server::{PingPong, PingPongServer};
+use goplugin::proto::grpctest::print_kv_request::Value;
+use goplugin::proto::grpctest::test_server::{Test, TestServer};
+use goplugin::proto::grpctest::{
+    BidirectionalRequest, BidirectionalResponse, PanicRequest, PingRequest, PongResponse,
+    PrintKvRequest, PrintKvResponse, PrintStdioRequest, TestRequest, TestResponse,
+};
+use goplugin::{Broker, HandshakeConfig, Server, Services};
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
+
+struct TestPlugin {
+    broker: Broker,
+}
+
+#[derive(Clone, Copy)]
+struct Pong;
+
+#[tonic::async_trait]
+impl PingPong for Pong {
+    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
+        Ok(Response::new(PongResponse { msg: "pong".into() }))
+    }
+}
+
+type Echo = Pin<Box<dyn Stream<Item = Result<TestResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Test for TestPlugin {
+    async fn double(&self, req: Request<TestRequest>) -> Result<Response<TestResponse>, Status> {
+        let input = req.get_ref().input;
+        Ok(Response::new(TestResponse {
+            output: input.wrapping_mul(2),
+        }))
+    }
+
+    async fn print_kv(
+        &self,
+        req: Request<PrintKvRequest>,
+    ) -> Result<Response<PrintKvResponse>, Status> {
+        let req = req.into_inner();
+        let value = match req.value {
+            Some(Value::ValueString(s)) => serde_json::Value::from(s),
+            Some(Value::ValueInt(i)) => serde_json::Value::from(i),
+            None => return Err(Status::invalid_argument("PrintKV needs a value")),
+        };
+        goplugin::hclog::log_kv(tracing::Level::INFO, "PrintKV called", &[(&req.key, value)]);
+        Ok(Response::new(PrintKvResponse {}))
+    }
+
+    async fn bidirectional(
+        &self,
+        req: Request<BidirectionalRequest>,
+    ) -> Result<Response<BidirectionalResponse>, Status> {
+        let channel = self
+            .broker
+            .dial(req.get_ref().id)
+            .await
+            .map_err(|e| Status::unknown(format!("server dial error: {e}")))?;
+        let pong = PingPongClient::new(channel)
+            .ping(PingRequest {})
+            .await
+            .map_err(|e| Status::unknown(format!("server Ping() error: {e}")))?;
+        if pong.get_ref().msg != "pong" {
+            return Err(Status::unknown("server Bad PingPong"));
+        }
+        let next = self.broker.next_id();
+        self.broker
+            .accept_and_serve(next, Routes::new(PingPongServer::new(Pong)))
+            .await
+            .map_err(|e| Status::unknown(format!("server accept error: {e}")))?;
+        Ok(Response::new(BidirectionalResponse { id: next }))
+    }
+
+    type StreamStream = Echo;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<TestRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let echo = req.into_inner().map(|r| {
+            r.map(|t| TestResponse {
+                output: t.input,
+            })
+        });
+        Ok(Response::new(Box::pin(echo)))
+    }
+
+    async fn print_stdio(&self, req: Request<PrintStdioRequest>) -> Result<Response<()>, Status> {
+        let req = req.into_inner();
+        let io = |e: std::io::Error| Status::internal(e.to_string());
+        let mut out = std::io::stdout().lock();
+        out.write_all(&req.stdout).map_err(io)?;
+        out.flush().map_err(io)?;
+        std::io::stderr().write_all(&req.stderr).map_err(io)?;
+        Ok(Response::new(()))
+    }
+
+    async fn panic(&self, req: Request<PanicRequest>) -> Result<Response<()>, Status> {
+        panic!("{}", req.get_ref().message);
+    }
+}
+
+fn register(s: &mut Services) {
+    let broker = s.broker();
+    s.add_service(TestServer::new(TestPlugin { broker }));
+}
+
+fn fail(e: impl std::fmt::Display) -> ! {
+    goplugin::stdio::write_stderr(&format!("grpctest plugin: {e}\n"));
+    std::process::exit(1)
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = goplugin::hclog::init_plugin_logging("grpctest");
+    goplugin::hclog::install_panic_hook();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("test-grpc");
+    let handshake = HandshakeConfig::new("TEST_MAGIC_COOKIE", "test");
+    let server = match mode {
+        "test-grpc" | "stderr" | "stdin" | "cleanup" => Server::new(handshake).services(register),
+        "test-mtls" => Server::new(handshake.with_protocol_version(2)).services(register),
+        "test-versioned" => Server::new(handshake)
+            .version(2, register)
+            .version(3, register),
+        other => fail(format!("unknown mode {other:?}")),
+    };
+    if mode == "stderr" {
+        goplugin::stdio::capture().unwrap_or_else(|e| fail(e));
+        let lines = "HELLO\nWORLD\n[\"HELLO\"]\n12345\n{\"a\":1}\n[WARN] test line 98765\n";
+        let _ = std::io::stderr().write_all(lines.as_bytes());
+    }
+    if mode == "stdin" {
+        std::thread::spawn(|| {
+            let mut buf = [0u8; 5];
+            let ok = std::io::Read::read_exact(&mut std::io::stdin(), &mut buf).is_ok();
+            std::process::exit(if ok && &buf == b"hello" { 0 } else { 1 });
+        });
+    }
+    if let Err(e) = server.serve().await {
+        fail(e);
+    }
+    if mode == "cleanup" {
+        let path = args.get(1).unwrap_or_else(|| fail("cleanup needs a PATH"));
+        std::fs::write(path, "foo").unwrap_or_else(|e| fail(e));
+    }
+}

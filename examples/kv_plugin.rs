@@ -1,0 +1,52 @@
+//! A Rust plugin for go-plugin's `examples/grpc` host (`proto.KV`, plugin `kv_grpc`, cookie
+//! `BASIC_PLUGIN=hello`): `Put` writes `kv_<key>` in the working directory, `Get` reads it back.
+//!
+//! Try it with the upstream host: `KV_PLUGIN=target/debug/examples/kv_plugin ./kv put hello world`.
+
+use goplugin::proto::kv::kv_server::{Kv, KvServer};
+use goplugin::proto::kv::{Empty, GetRequest, GetResponse, PutRequest};
+use goplugin::{HandshakeConfig, Server};
+use tonic::{Request, Response, Status};
+
+/// Marks values written by this plugin, as upstream's Go and Python plugins mark theirs.
+const MARKER: &str = "\n\nWritten from plugin-rust";
+
+struct FileKv;
+
+#[tonic::async_trait]
+impl Kv for FileKv {
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let path = format!("kv_{}", req.get_ref().key);
+        let value = tokio::fs::read(&path)
+            .await
+            .map_err(|e| Status::not_found(format!("reading {path}: {e}")))?;
+        Ok(Response::new(GetResponse { value }))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let path = format!("kv_{}", req.key);
+        let mut value = req.value;
+        value.extend_from_slice(MARKER.as_bytes());
+        tokio::fs::write(&path, value)
+            .await
+            .map_err(|e| Status::internal(format!("writing {path}: {e}")))?;
+        tracing::info!(key = %req.key, "stored");
+        Ok(Response::new(Empty {}))
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = goplugin::hclog::init_plugin_logging("kv");
+    let served = Server::new(HandshakeConfig::new("BASIC_PLUGIN", "hello"))
+        .services(|s| {
+            s.add_service(KvServer::new(FileKv));
+        })
+        .serve()
+        .await;
+    if let Err(e) = served {
+        goplugin::stdio::write_stderr(&format!("kv plugin: {e}\n"));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,19 @@
+//! goplugin: HashiCorp go-plugin's gRPC wire protocol in Rust, byte-compatible with go-plugin
+//! v1.8.0 (spec: go-plugin-wire.md). The plugin role is [`Server`]; self-re-exec is [`reexec`].
+
+pub mod broker;
+pub mod controller;
+pub mod handshake;
+pub mod hclog;
+pub mod mux;
+pub mod proto;
+pub mod reexec;
+pub mod server;
+pub mod stdio;
+pub mod tls;
+pub mod transport;
+
+pub use broker::{Broker, BrokerError};
+pub use handshake::{HandshakeConfig, HandshakeLine, Network, Protocol};
+pub use server::{ServeError, Server, Services};
+pub use transport::ListenConfig;

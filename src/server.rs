@@ -1,0 +1,405 @@
+//! The plugin role (spec go-plugin-wire.md §2-§12, checklist §18): check the cookie, negotiate
+//! the application version, listen, set up AutoMTLS, print the handshake line and serve the
+//! application's tonic services next to go-plugin's internal ones until the host says stop.
+//!
+//! ```no_run
+//! # use goplugin::{HandshakeConfig, Server};
+//! # async fn f() -> Result<(), goplugin::ServeError> {
+//! Server::new(HandshakeConfig::new("BASIC_PLUGIN", "hello"))
+//!     .services(|s| {
+//!         // s.add_service(KvServer::new(MyKv));
+//!         let _broker = s.broker();
+//!     })
+//!     .serve()
+//!     .await
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+
+use crate::broker::{tls_incoming, Broker, BrokerService, Side};
+use crate::controller::ControllerService;
+use crate::handshake::{
+    env, negotiate, parse_go_bool, HandshakeConfig, HandshakeLine, HostVersions, Protocol,
+    CORE_PROTOCOL_VERSION,
+};
+use crate::proto::plugin::grpc_broker_server::GrpcBrokerServer;
+use crate::proto::plugin::grpc_controller_server::GrpcControllerServer;
+use crate::proto::plugin::grpc_stdio_server::GrpcStdioServer;
+use crate::stdio::{self, StdioService};
+use crate::tls::{self, Identity, MtlsConfig, PinnedPeers};
+use crate::transport::{Conn, ListenConfig, Listener, TransportError};
+
+/// How long the plugin waits for the host's one raw connection in multiplexed mode (§9.2).
+const MUX_CONNECT_WINDOW: Duration = Duration::from_secs(5);
+
+/// Go's text for a plugin started without its cookie (§2.3).
+pub const COOKIE_MISMATCH_TEXT: &str = "This binary is a plugin. These are not meant to be executed directly.\n\
+Please execute the program that consumes these plugins, which will\n\
+load any plugins automatically\n";
+
+/// Go's text for a plugin whose own handshake config lacks the cookie (§2.3).
+pub const COOKIE_MISCONFIGURED_TEXT: &str = "Misconfigured ServeConfig given to serve this plugin: no magic cookie\n\
+key or value was set. Please notify the plugin author and report\n\
+this as a bug.\n";
+
+/// Errors that stop a plugin from serving; each names the setting or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// No service set was registered.
+    #[error("no plugin services registered: call Server::services or Server::version")]
+    NoServices,
+    /// Setting up stdio capture failed.
+    #[error(transparent)]
+    Stdio(#[from] stdio::StdioError),
+    /// Listener settings or binding failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// `PLUGIN_CLIENT_CERT` is not a usable PEM certificate.
+    #[error("PLUGIN_CLIENT_CERT is unusable: {0}")]
+    ClientCert(tls::TlsError),
+    /// Our own AutoMTLS certificate or TLS configuration could not be made.
+    #[error("AutoMTLS setup failed: {0}")]
+    Tls(tls::TlsError),
+    /// Writing the handshake line failed.
+    #[error("writing the handshake line to stdout failed: {0}")]
+    Handshake(std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+type ServiceSet = Box<dyn FnOnce(&mut Services) + Send>;
+
+/// What a service set gets to register its services: the routes and the broker.
+pub struct Services {
+    routes: RoutesBuilder,
+    broker: Broker,
+}
+
+impl Services {
+    /// Registers a tonic service (a generated `...Server::new(impl)`).
+    pub fn add_service<S>(&mut self, svc: S) -> &mut Self
+    where
+        S: tower::Service<
+                http::Request<Body>,
+                Response = http::Response<Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(svc);
+        self
+    }
+
+    /// The broker, for services that call back into the host or serve extra servers.
+    pub fn broker(&self) -> Broker {
+        self.broker.clone()
+    }
+}
+
+/// A go-plugin plugin server. Build it with the handshake and the service sets, then `serve`.
+pub struct Server {
+    captured: Result<(), stdio::StdioError>,
+    handshake: HandshakeConfig,
+    versions: BTreeMap<u32, ServiceSet>,
+    listen: Option<ListenConfig>,
+    shutdown_grace: Duration,
+}
+
+impl Server {
+    /// A server for `handshake`; add services with [`Server::services`] or [`Server::version`].
+    /// From here on the process's stdout and stderr are captured (see [`crate::stdio`]), so
+    /// nothing printed afterwards can come before the handshake line.
+    pub fn new(handshake: HandshakeConfig) -> Self {
+        Self {
+            captured: stdio::capture(),
+            handshake,
+            versions: BTreeMap::new(),
+            listen: None,
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+
+    /// Registers the services of the handshake's own protocol version.
+    pub fn services(self, register: impl FnOnce(&mut Services) + Send + 'static) -> Self {
+        let v = self.handshake.protocol_version;
+        self.version(v, register)
+    }
+
+    /// Registers the services of application protocol `version` (Go's `VersionedPlugins`).
+    pub fn version(
+        mut self,
+        version: u32,
+        register: impl FnOnce(&mut Services) + Send + 'static,
+    ) -> Self {
+        self.versions.insert(version, Box::new(register));
+        self
+    }
+
+    /// Overrides listener settings otherwise read from the environment.
+    pub fn listen_config(mut self, cfg: ListenConfig) -> Self {
+        self.listen = Some(cfg);
+        self
+    }
+
+    /// How long in-flight RPCs may run after `Shutdown` before the server stops anyway.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Serves until the host calls `GRPCController.Shutdown`. A missing or wrong cookie prints
+    /// go-plugin's text on stderr and exits the process with code 1, as Go's `Serve` does.
+    pub async fn serve(mut self) -> Result<(), ServeError> {
+        check_cookie(&self.handshake);
+        std::mem::replace(&mut self.captured, Ok(()))?;
+        ignore_sigint();
+        if self.versions.is_empty() {
+            return Err(ServeError::NoServices);
+        }
+        let host = HostVersions::parse(&std::env::var(env::PROTOCOL_VERSIONS).unwrap_or_default());
+        for bad in &host.invalid {
+            // Go prints this without a newline; ours ends the line so the next log line survives.
+            stdio::write_stderr(&format!("server sent invalid plugin version {bad:?}\n"));
+        }
+        let offered = self.versions.keys().copied().collect();
+        let version = negotiate(&offered, &host).ok_or(ServeError::NoServices)?;
+        let register = self.versions.remove(&version).ok_or(ServeError::NoServices)?;
+
+        let tls = auto_mtls()?;
+        let mux_env = std::env::var(env::MULTIPLEX_GRPC).unwrap_or_default();
+        let multiplexed = parse_go_bool(&mux_env) == Some(true);
+        let listen = match self.listen.take() {
+            Some(cfg) => cfg,
+            None => ListenConfig::from_env()?,
+        };
+        let listener = listen.listen()?;
+
+        let shutdown = CancellationToken::new();
+        let broker = Broker::new(
+            Side::Plugin,
+            listen,
+            tls.as_ref().map(|(_, c)| c.clone()),
+            multiplexed,
+            shutdown.clone(),
+        );
+        let routes = build_routes(register, &broker, &shutdown).await;
+
+        let line = HandshakeLine {
+            core_version: CORE_PROTOCOL_VERSION,
+            app_version: version,
+            network: listener.network(),
+            address: listener.address(),
+            protocol: Protocol::Grpc,
+            server_cert: tls.as_ref().map(|(id, _)| id.cert_base64()),
+            multiplex: (!mux_env.is_empty()).then_some(true),
+        };
+        let (incoming, accepting) = incoming(listener, &broker, multiplexed, &shutdown);
+        let incoming = tls_incoming(incoming, tls.map(|(_, c)| c));
+        if let Err(e) = stdio::write_handshake(&line.to_string()) {
+            shutdown.cancel();
+            return Err(ServeError::Handshake(e));
+        }
+        tracing::debug!(version, address = %line.address, "plugin serving");
+        let result = run(routes, incoming, shutdown.clone(), self.shutdown_grace).await;
+        shutdown.cancel();
+        // The accept task owns the listener: once it is done the socket file is gone.
+        let _ = tokio::time::timeout(Duration::from_millis(500), accepting).await;
+        result
+    }
+}
+
+fn check_cookie(h: &HandshakeConfig) {
+    if h.magic_cookie_key.is_empty() || h.magic_cookie_value.is_empty() {
+        stdio::write_stderr(COOKIE_MISCONFIGURED_TEXT);
+        std::process::exit(1);
+    }
+    if std::env::var_os(&h.magic_cookie_key).as_deref()
+        != Some(std::ffi::OsStr::new(&h.magic_cookie_value))
+    {
+        stdio::write_stderr(COOKIE_MISMATCH_TEXT);
+        std::process::exit(1);
+    }
+}
+
+/// Go plugins ignore SIGINT so that a Ctrl-C in the host's terminal does not kill them (§2.3).
+fn ignore_sigint() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+        Ok(mut sig) => {
+            tokio::spawn(async move {
+                let mut count = 0u64;
+                while sig.recv().await.is_some() {
+                    count += 1;
+                    tracing::trace!(count, "plugin received interrupt signal, ignoring");
+                }
+            });
+        }
+        Err(e) => tracing::debug!("cannot install SIGINT handler: {e}"),
+    }
+}
+
+/// AutoMTLS when the host sent `PLUGIN_CLIENT_CERT` (§6): our identity and the TLS configs.
+fn auto_mtls() -> Result<Option<(Identity, MtlsConfig)>, ServeError> {
+    let pem = match std::env::var(env::CLIENT_CERT) {
+        Ok(p) if !p.is_empty() => p,
+        _ => return Ok(None),
+    };
+    let peers = PinnedPeers::from_pem(&pem).map_err(ServeError::ClientCert)?;
+    let identity = Identity::generate().map_err(ServeError::Tls)?;
+    let config = MtlsConfig::new(&identity, peers).map_err(ServeError::Tls)?;
+    Ok(Some((identity, config)))
+}
+
+async fn build_routes(register: ServiceSet, broker: &Broker, shutdown: &CancellationToken) -> Routes {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let mut services = Services {
+        routes: RoutesBuilder::default(),
+        broker: broker.clone(),
+    };
+    register(&mut services);
+    services
+        .add_service(health_service)
+        .add_service(GrpcControllerServer::new(ControllerService::new(
+            shutdown.clone(),
+        )))
+        .add_service(GrpcStdioServer::new(StdioService::new(shutdown.clone())))
+        .add_service(GrpcBrokerServer::new(BrokerService::new(broker.clone())));
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        health
+            .set_service_status("plugin", tonic_health::ServingStatus::NotServing)
+            .await;
+    });
+    services.routes.routes()
+}
+
+/// Connections for the main server: every accepted one (direct), or the yamux streams no
+/// brokered listener claimed (multiplexed: one raw connection for life, §9.2).
+fn incoming(
+    listener: Listener,
+    broker: &Broker,
+    multiplexed: bool,
+    shutdown: &CancellationToken,
+) -> (
+    impl Stream<Item = Conn> + Send + 'static,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shutdown = shutdown.clone();
+    let broker = broker.clone();
+    let task = tokio::spawn(async move {
+        if multiplexed {
+            serve_mux(listener, broker, tx, shutdown).await;
+        } else {
+            serve_direct(listener, tx, shutdown).await;
+        }
+    });
+    (UnboundedReceiverStream::new(rx), task)
+}
+
+async fn serve_direct(
+    listener: Listener,
+    tx: mpsc::UnboundedSender<Conn>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(conn) => { let _ = tx.send(conn); }
+                Err(e) => {
+                    tracing::warn!("accepting on {} failed: {e}", listener.address());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_mux(
+    listener: Listener,
+    broker: Broker,
+    tx: mpsc::UnboundedSender<Conn>,
+    shutdown: CancellationToken,
+) {
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = tokio::time::timeout(MUX_CONNECT_WINDOW, listener.accept()) => r,
+    };
+    let conn = match first {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::error!("error establishing yamux session: {e}");
+            shutdown.cancel();
+            return;
+        }
+        Err(_) => {
+            tracing::error!(
+                "error establishing yamux session: timed out waiting for connection to be established"
+            );
+            shutdown.cancel();
+            return;
+        }
+    };
+    let mut streams = match broker.start_mux(conn) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!("{e}");
+            shutdown.cancel();
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = streams.recv() => match s {
+                Some(conn) => { let _ = tx.send(conn); }
+                None => break,
+            },
+        }
+    }
+    if let Some(session) = broker.mux_session() {
+        session.close();
+    }
+    drop(listener);
+}
+
+async fn run(
+    routes: Routes,
+    incoming: impl Stream<Item = Result<Conn, std::io::Error>> + Send + 'static,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    let server = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    tokio::select! {
+        r = server => r?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::debug!("shutdown grace period over; stopping with RPCs still open");
+        }
+    }
+    Ok(())
+}

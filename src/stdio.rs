@@ -1,0 +1,293 @@
+//! Stdio capture and `plugin.GRPCStdio` (spec go-plugin-wire.md §11).
+//!
+//! Go swaps its language-level `os.Stdout`/`os.Stderr`; we go further and move file descriptors
+//! 1 and 2 themselves onto pipes, so output of C code and child processes is caught too, and
+//! nothing the plugin prints can reach the real stdout before the handshake line. A thread per
+//! pipe blocks in `read` (no polling) and hands chunks to the one `StreamStdio` consumer through a
+//! bounded channel: a slow host slows the writers (backpressure) instead of growing memory.
+//! What arrives on fd 2 is also copied to the real stderr, so log lines still reach the host's log.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::proto::plugin::grpc_stdio_server::GrpcStdio;
+use crate::proto::plugin::{stdio_data::Channel, StdioData};
+
+/// Largest chunk sent in one `StdioData` message.
+const CHUNK: usize = 16 * 1024;
+/// Chunks buffered per stream before writers block.
+const DEPTH: usize = 16;
+
+/// Errors setting up the capture.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    /// pipe/dup/dup2 failed.
+    #[error("capturing {what} failed: {source}")]
+    Redirect {
+        /// Which step.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+struct Captured {
+    original_stdout: OwnedFd,
+    original_stderr: OwnedFd,
+    stdout_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<StdioData>>>,
+    stderr_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<StdioData>>>,
+    stderr_attached: Arc<AtomicBool>,
+}
+
+static CAPTURE: OnceLock<Result<Captured, String>> = OnceLock::new();
+static START: Mutex<()> = Mutex::new(());
+
+fn redirect_err(what: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
+    move |e| StdioError::Redirect {
+        what,
+        source: io::Error::from(e),
+    }
+}
+
+/// Moves fd 1 and fd 2 onto pipes, once per process; later calls do nothing. Call it first thing
+/// in `main` if the plugin may print before [`crate::Server::serve`] (which calls it too).
+pub fn capture() -> Result<(), StdioError> {
+    let _guard = START.lock().unwrap_or_else(|p| p.into_inner());
+    let result = CAPTURE.get_or_init(|| start_capture().map_err(|e| e.to_string()));
+    result.as_ref().map(|_| ()).map_err(|e| StdioError::Redirect {
+        what: "stdio",
+        source: io::Error::other(e.clone()),
+    })
+}
+
+fn start_capture() -> Result<Captured, StdioError> {
+    let _ = io::stdout().flush();
+    let original_stdout = dup_fd(1, "stdout")?;
+    let original_stderr = dup_fd(2, "stderr")?;
+    let out_read = redirect(1, "stdout")?;
+    let err_read = redirect(2, "stderr")?;
+    let (out_tx, out_rx) = mpsc::channel(DEPTH);
+    let (err_tx, err_rx) = mpsc::channel(DEPTH);
+    let stderr_attached = Arc::new(AtomicBool::new(false));
+    let tee = original_stderr
+        .try_clone()
+        .map_err(|source| StdioError::Redirect {
+            what: "stderr tee",
+            source,
+        })?;
+    spawn_pump(out_read, Channel::Stdout, out_tx, None, None);
+    spawn_pump(
+        err_read,
+        Channel::Stderr,
+        err_tx,
+        Some(File::from(tee)),
+        Some(stderr_attached.clone()),
+    );
+    Ok(Captured {
+        original_stdout,
+        original_stderr,
+        stdout_rx: Arc::new(tokio::sync::Mutex::new(out_rx)),
+        stderr_rx: Arc::new(tokio::sync::Mutex::new(err_rx)),
+        stderr_attached,
+    })
+}
+
+fn dup_fd(fd: i32, what: &'static str) -> Result<OwnedFd, StdioError> {
+    let borrowed = unsafe_borrow(fd);
+    borrowed
+        .try_clone_to_owned()
+        .map_err(|source| StdioError::Redirect { what, source })
+}
+
+/// fd 1 and 2 live for the whole process.
+fn unsafe_borrow(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: fds 1 and 2 are open for the life of the process (we only ever dup2 onto them).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Points `fd` at the write end of a new pipe; returns the read end.
+fn redirect(fd: i32, what: &'static str) -> Result<OwnedFd, StdioError> {
+    let (read, write) = nix::unistd::pipe().map_err(redirect_err(what))?;
+    nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(redirect_err(what))?;
+    let mut target = unsafe_owned(fd);
+    let res = nix::unistd::dup2(write.as_fd(), &mut target);
+    std::mem::forget(target);
+    res.map_err(redirect_err(what))?;
+    Ok(read)
+}
+
+fn unsafe_owned(fd: i32) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: only used as a dup2 target and then forgotten, never closed.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn spawn_pump(
+    read: OwnedFd,
+    channel: Channel,
+    tx: mpsc::Sender<StdioData>,
+    mut tee: Option<File>,
+    attached: Option<Arc<AtomicBool>>,
+) {
+    let name = format!("goplugin-{}", channel.as_str_name().to_lowercase());
+    let spawned = std::thread::Builder::new()
+        .name(name)
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut pipe = File::from(read);
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match pipe.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                if let Some(t) = tee.as_mut() {
+                    let _ = t.write_all(&buf[..n]);
+                }
+                let msg = StdioData {
+                    channel: channel as i32,
+                    data: buf[..n].to_vec(),
+                };
+                // stderr is also on the host's log pipe: without a consumer, keep what fits and
+                // drop the rest rather than stall the log. stdout has no other way out: block.
+                let must_wait = attached
+                    .as_ref()
+                    .is_none_or(|a| a.load(Ordering::Acquire));
+                if must_wait {
+                    if tx.blocking_send(msg).is_err() {
+                        return;
+                    }
+                } else {
+                    let _ = tx.try_send(msg);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start stdio pump thread: {e}");
+    }
+}
+
+/// Writes the handshake line to the real stdout (the one before capture) and flushes it.
+pub fn write_handshake(line: &str) -> io::Result<()> {
+    let text = format!("{line}\n");
+    match CAPTURE.get() {
+        Some(Ok(c)) => {
+            let mut f = File::from(c.original_stdout.try_clone()?);
+            f.write_all(text.as_bytes())?;
+            f.flush()
+        }
+        _ => {
+            let mut out = io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()
+        }
+    }
+}
+
+/// A handle on the real stderr (the host's log pipe), whether or not fd 2 was captured. Loggers
+/// write here so their lines go to the host's log and not into the mirrored stderr stream.
+pub fn original_stderr() -> io::Result<File> {
+    match CAPTURE.get() {
+        Some(Ok(c)) => Ok(File::from(c.original_stderr.try_clone()?)),
+        _ => Ok(File::from(io::stderr().as_fd().try_clone_to_owned()?)),
+    }
+}
+
+/// Writes `text` straight to the real stderr, bypassing the capture pipe (whose copy could be
+/// lost when the process exits right after).
+pub fn write_stderr(text: &str) {
+    if let Ok(mut f) = original_stderr() {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+
+/// `plugin.GRPCStdio`: streams captured output to one host at a time until it cancels or the
+/// server shuts down.
+#[derive(Clone)]
+pub struct StdioService {
+    shutdown: CancellationToken,
+}
+
+impl StdioService {
+    /// A service that ends its streams when `shutdown` fires.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self { shutdown }
+    }
+}
+
+type StdioStream = Pin<Box<dyn Stream<Item = Result<StdioData, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcStdio for StdioService {
+    type StreamStdioStream = StdioStream;
+
+    async fn stream_stdio(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<Self::StreamStdioStream>, Status> {
+        let Some(Ok(cap)) = CAPTURE.get() else {
+            return Err(Status::unavailable("stdio is not captured in this process"));
+        };
+        let mut out = cap.stdout_rx.clone().lock_owned().await;
+        let mut err = cap.stderr_rx.clone().lock_owned().await;
+        let attached = AttachedFlag::set(cap.stderr_attached.clone());
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream_from(move |tx: mpsc::Sender<Result<StdioData, Status>>| async move {
+            let _attached = attached;
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    m = out.recv() => m,
+                    m = err.recv() => m,
+                };
+                let Some(msg) = next else { return };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// Marks stderr as having a consumer while alive.
+struct AttachedFlag(Arc<AtomicBool>);
+
+impl AttachedFlag {
+    fn set(flag: Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Release);
+        Self(flag)
+    }
+}
+
+impl Drop for AttachedFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Runs `body` as a task feeding a response stream; the task ends when the receiver is dropped.
+pub(crate) fn async_stream_from<T, F, Fut>(body: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
