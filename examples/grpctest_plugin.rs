@@ -1,7 +1,7 @@
 //! go-plugin's own test contract (`grpctest.Test`, plugin `test`, cookie `TEST_MAGIC_COOKIE=test`)
 //! served by a Rust plugin, with the modes compat-tests drives (spec §19 direction A):
 //! `test-grpc` (default, v1), `test-mtls` (v2), `test-versioned` (v2 and v3), `stderr`,
-//! `stdin`, `cleanup PATH`.
+//! `stdin`, `cleanup PATH`, `noisy` (prints to stdout before serving).
 
 use std::io::Write;
 use std::pin::Pin;
@@ -88,11 +88,9 @@ impl Test for TestPlugin {
         &self,
         req: Request<Streaming<TestRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let echo = req.into_inner().map(|r| {
-            r.map(|t| TestResponse {
-                output: t.input,
-            })
-        });
+        let echo = req
+            .into_inner()
+            .map(|r| r.map(|t| TestResponse { output: t.input }));
         Ok(Response::new(Box::pin(echo)))
     }
 
@@ -129,25 +127,41 @@ async fn main() {
     let mode = args.first().map(String::as_str).unwrap_or("test-grpc");
     let handshake = HandshakeConfig::new("TEST_MAGIC_COOKIE", "test");
     let server = match mode {
-        "test-grpc" | "stderr" | "stdin" | "cleanup" => Server::new(handshake).services(register),
+        "test-grpc" | "stderr" | "stdin" | "cleanup" | "noisy" => {
+            Server::new(handshake).services(register)
+        }
         "test-mtls" => Server::new(handshake.with_protocol_version(2)).services(register),
         "test-versioned" => Server::new(handshake)
             .version(2, register)
             .version(3, register),
         other => fail(format!("unknown mode {other:?}")),
     };
+    if mode == "noisy" {
+        // Output before serve(), from Rust, from a child process and from raw fd 1: none of it
+        // may reach the host before the handshake line (Server::new has captured fd 1 already).
+        println!("noise from the plugin before serving");
+        let _ = std::process::Command::new("sh")
+            .args(["-c", "echo noise from a child process"])
+            .status();
+        let _ = nix::unistd::write(std::io::stdout(), b"noise from fd 1\n");
+    }
     if mode == "stderr" {
         goplugin::stdio::capture().unwrap_or_else(|e| fail(e));
         let lines = "HELLO\nWORLD\n[\"HELLO\"]\n12345\n{\"a\":1}\n[WARN] test line 98765\n";
         let _ = std::io::stderr().write_all(lines.as_bytes());
     }
-    if mode == "stdin" {
-        std::thread::spawn(|| {
-            let mut buf = [0u8; 5];
-            let ok = std::io::Read::read_exact(&mut std::io::stdin(), &mut buf).is_ok();
-            std::process::exit(if ok && &buf == b"hello" { 0 } else { 1 });
-        });
-    }
+    let server = if mode == "stdin" {
+        // Like go-plugin's helper: handshake first, then read the inherited stdin.
+        server.on_serving(|_| {
+            std::thread::spawn(|| {
+                let mut buf = [0u8; 5];
+                let ok = std::io::Read::read_exact(&mut std::io::stdin(), &mut buf).is_ok();
+                std::process::exit(if ok && &buf == b"hello" { 0 } else { 1 });
+            });
+        })
+    } else {
+        server
+    };
     if let Err(e) = server.serve().await {
         fail(e);
     }

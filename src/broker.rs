@@ -213,7 +213,8 @@ impl Broker {
     pub async fn accept(
         &self,
         id: u32,
-    ) -> Result<impl Stream<Item = Result<Conn, std::io::Error>> + Send + 'static, BrokerError> {
+    ) -> Result<impl Stream<Item = Result<Conn, std::io::Error>> + Send + 'static, BrokerError>
+    {
         let conns: Pin<Box<dyn Stream<Item = Conn> + Send>> = match &self.inner.mux {
             Some(mux) => {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -478,23 +479,20 @@ fn accept_loop(
     listener: transport::Listener,
     closed: CancellationToken,
 ) -> impl Stream<Item = Conn> + Send {
-    futures::stream::unfold(
-        (listener, closed),
-        |(listener, closed)| async move {
-            loop {
-                tokio::select! {
-                    _ = closed.cancelled() => return None,
-                    r = listener.accept() => match r {
-                        Ok(conn) => return Some((conn, (listener, closed))),
-                        Err(e) => {
-                            tracing::debug!("accept on {} failed: {e}", listener.address());
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+    futures::stream::unfold((listener, closed), |(listener, closed)| async move {
+        loop {
+            tokio::select! {
+                _ = closed.cancelled() => return None,
+                r = listener.accept() => match r {
+                    Ok(conn) => return Some((conn, (listener, closed))),
+                    Err(e) => {
+                        tracing::debug!("accept on {} failed: {e}", listener.address());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
             }
-        },
-    )
+        }
+    })
 }
 
 /// Terminates TLS on each connection concurrently (a slow or bad peer delays nobody) and yields
@@ -532,7 +530,11 @@ pub(crate) fn tls_incoming(
 }
 
 /// Runs a gRPC client connection over one already-open connection (TLS first, if configured).
-async fn channel_over(conn: Conn, tls: Option<&MtlsConfig>, id: u32) -> Result<Channel, BrokerError> {
+async fn channel_over(
+    conn: Conn,
+    tls: Option<&MtlsConfig>,
+    id: u32,
+) -> Result<Channel, BrokerError> {
     let conn = match tls {
         Some(tls) => tls
             .connect(conn)

@@ -129,7 +129,9 @@ pub enum HandshakeError {
         reason: String,
     },
     /// Field 1 is an integer other than 1.
-    #[error("incompatible core API version with plugin. Plugin version: {plugin}, Core version: {core}")]
+    #[error(
+        "incompatible core API version with plugin. Plugin version: {plugin}, Core version: {core}"
+    )]
     IncompatibleCore {
         /// What the plugin announced.
         plugin: u32,
@@ -196,24 +198,24 @@ impl HandshakeLine {
                 line: line.to_string(),
             });
         }
-        let core_version: u32 = parts[0]
-            .parse()
-            .map_err(|e: std::num::ParseIntError| HandshakeError::BadCoreVersion {
+        let core_version: u32 = parts[0].parse().map_err(|e: std::num::ParseIntError| {
+            HandshakeError::BadCoreVersion {
                 value: parts[0].to_string(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         if core_version != CORE_PROTOCOL_VERSION {
             return Err(HandshakeError::IncompatibleCore {
                 plugin: core_version,
                 core: CORE_PROTOCOL_VERSION,
             });
         }
-        let app_version: u32 = parts[1]
-            .parse()
-            .map_err(|e: std::num::ParseIntError| HandshakeError::BadAppVersion {
+        let app_version: u32 = parts[1].parse().map_err(|e: std::num::ParseIntError| {
+            HandshakeError::BadAppVersion {
                 value: parts[1].to_string(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let network = Network::parse(parts[2]).ok_or_else(|| HandshakeError::UnknownNetwork {
             network: parts[2].to_string(),
         })?;
@@ -226,10 +228,7 @@ impl HandshakeLine {
                 })
             }
         };
-        let server_cert = parts
-            .get(5)
-            .filter(|c| c.len() > 50)
-            .map(|c| c.to_string());
+        let server_cert = parts.get(5).filter(|c| c.len() > 50).map(|c| c.to_string());
         let multiplex = match parts.get(6) {
             None => None,
             Some(v) => Some(parse_go_bool(v).ok_or_else(|| HandshakeError::BadMuxField {
@@ -415,10 +414,7 @@ mod tests {
 
     #[test]
     fn falls_back_to_lowest_without_common_version() {
-        assert_eq!(
-            negotiate(&set(&[2, 3]), &HostVersions::parse("1")),
-            Some(2)
-        );
+        assert_eq!(negotiate(&set(&[2, 3]), &HostVersions::parse("1")), Some(2));
         assert_eq!(negotiate(&set(&[2, 3]), &HostVersions::parse("")), Some(2));
         assert_eq!(negotiate(&set(&[]), &HostVersions::parse("1")), None);
     }

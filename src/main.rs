@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 const ENTRIES: &[goplugin::reexec::Entry] = &[];
 
 #[derive(Parser)]
-#[command(name = "goplugin", version, about = "HashiCorp go-plugin's gRPC protocol in Rust")]
+#[command(
+    name = "goplugin",
+    version,
+    about = "HashiCorp go-plugin's gRPC protocol in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,10 +41,14 @@ fn main() -> ExitCode {
                 println!("network:       {}", l.network);
                 println!("address:       {}", l.address);
                 println!("protocol:      {}", l.protocol.as_str());
-                println!("AutoMTLS cert: {}", if l.server_cert.is_some() { "yes" } else { "no" });
+                println!(
+                    "AutoMTLS cert: {}",
+                    if l.server_cert.is_some() { "yes" } else { "no" }
+                );
                 println!(
                     "multiplexing:  {}",
-                    l.multiplex.map_or("not announced".to_string(), |m| m.to_string())
+                    l.multiplex
+                        .map_or("not announced".to_string(), |m| m.to_string())
                 );
                 ExitCode::SUCCESS
             }

@@ -38,7 +38,9 @@ pub fn dispatch(entries: &[Entry]) {
 
 /// The entry `name` selects, if any.
 pub fn find<'a>(entries: &'a [Entry], name: &std::ffi::OsStr) -> Option<&'a Entry> {
-    entries.iter().find(|e| std::ffi::OsStr::new(e.name) == name)
+    entries
+        .iter()
+        .find(|e| std::ffi::OsStr::new(e.name) == name)
 }
 
 /// A command that re-executes this very binary as plugin `name` (`/proc/self/exe` on Linux, so

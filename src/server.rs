@@ -44,12 +44,14 @@ use crate::transport::{Conn, ListenConfig, Listener, TransportError};
 const MUX_CONNECT_WINDOW: Duration = Duration::from_secs(5);
 
 /// Go's text for a plugin started without its cookie (§2.3).
-pub const COOKIE_MISMATCH_TEXT: &str = "This binary is a plugin. These are not meant to be executed directly.\n\
+pub const COOKIE_MISMATCH_TEXT: &str =
+    "This binary is a plugin. These are not meant to be executed directly.\n\
 Please execute the program that consumes these plugins, which will\n\
 load any plugins automatically\n";
 
 /// Go's text for a plugin whose own handshake config lacks the cookie (§2.3).
-pub const COOKIE_MISCONFIGURED_TEXT: &str = "Misconfigured ServeConfig given to serve this plugin: no magic cookie\n\
+pub const COOKIE_MISCONFIGURED_TEXT: &str =
+    "Misconfigured ServeConfig given to serve this plugin: no magic cookie\n\
 key or value was set. Please notify the plugin author and report\n\
 this as a bug.\n";
 
@@ -80,6 +82,7 @@ pub enum ServeError {
 }
 
 type ServiceSet = Box<dyn FnOnce(&mut Services) + Send>;
+type OnServing = Box<dyn FnOnce(&HandshakeLine) + Send>;
 
 /// What a service set gets to register its services: the routes and the broker.
 pub struct Services {
@@ -91,11 +94,8 @@ impl Services {
     /// Registers a tonic service (a generated `...Server::new(impl)`).
     pub fn add_service<S>(&mut self, svc: S) -> &mut Self
     where
-        S: tower::Service<
-                http::Request<Body>,
-                Response = http::Response<Body>,
-                Error = Infallible,
-            > + NamedService
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
             + Clone
             + Send
             + Sync
@@ -119,6 +119,7 @@ pub struct Server {
     versions: BTreeMap<u32, ServiceSet>,
     listen: Option<ListenConfig>,
     shutdown_grace: Duration,
+    on_serving: Option<OnServing>,
 }
 
 impl Server {
@@ -132,6 +133,7 @@ impl Server {
             versions: BTreeMap::new(),
             listen: None,
             shutdown_grace: Duration::from_secs(1),
+            on_serving: None,
         }
     }
 
@@ -157,6 +159,12 @@ impl Server {
         self
     }
 
+    /// Runs `f` right after the handshake line went out (the host may already be connecting).
+    pub fn on_serving(mut self, f: impl FnOnce(&HandshakeLine) + Send + 'static) -> Self {
+        self.on_serving = Some(Box::new(f));
+        self
+    }
+
     /// How long in-flight RPCs may run after `Shutdown` before the server stops anyway.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
@@ -179,7 +187,10 @@ impl Server {
         }
         let offered = self.versions.keys().copied().collect();
         let version = negotiate(&offered, &host).ok_or(ServeError::NoServices)?;
-        let register = self.versions.remove(&version).ok_or(ServeError::NoServices)?;
+        let register = self
+            .versions
+            .remove(&version)
+            .ok_or(ServeError::NoServices)?;
 
         let tls = auto_mtls()?;
         let mux_env = std::env::var(env::MULTIPLEX_GRPC).unwrap_or_default();
@@ -216,6 +227,9 @@ impl Server {
             return Err(ServeError::Handshake(e));
         }
         tracing::debug!(version, address = %line.address, "plugin serving");
+        if let Some(f) = self.on_serving.take() {
+            f(&line);
+        }
         let result = run(routes, incoming, shutdown.clone(), self.shutdown_grace).await;
         shutdown.cancel();
         // The accept task owns the listener: once it is done the socket file is gone.
@@ -265,7 +279,11 @@ fn auto_mtls() -> Result<Option<(Identity, MtlsConfig)>, ServeError> {
     Ok(Some((identity, config)))
 }
 
-async fn build_routes(register: ServiceSet, broker: &Broker, shutdown: &CancellationToken) -> Routes {
+async fn build_routes(
+    register: ServiceSet,
+    broker: &Broker,
+    shutdown: &CancellationToken,
+) -> Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("plugin", tonic_health::ServingStatus::Serving)

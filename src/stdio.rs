@@ -63,10 +63,13 @@ fn redirect_err(what: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
 pub fn capture() -> Result<(), StdioError> {
     let _guard = START.lock().unwrap_or_else(|p| p.into_inner());
     let result = CAPTURE.get_or_init(|| start_capture().map_err(|e| e.to_string()));
-    result.as_ref().map(|_| ()).map_err(|e| StdioError::Redirect {
-        what: "stdio",
-        source: io::Error::other(e.clone()),
-    })
+    result
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| StdioError::Redirect {
+            what: "stdio",
+            source: io::Error::other(e.clone()),
+        })
 }
 
 fn start_capture() -> Result<Captured, StdioError> {
@@ -117,8 +120,11 @@ fn unsafe_borrow(fd: i32) -> std::os::fd::BorrowedFd<'static> {
 /// Points `fd` at the write end of a new pipe; returns the read end.
 fn redirect(fd: i32, what: &'static str) -> Result<OwnedFd, StdioError> {
     let (read, write) = nix::unistd::pipe().map_err(redirect_err(what))?;
-    nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .map_err(redirect_err(what))?;
+    nix::fcntl::fcntl(
+        &read,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(redirect_err(what))?;
     let mut target = unsafe_owned(fd);
     let res = nix::unistd::dup2(write.as_fd(), &mut target);
     std::mem::forget(target);
@@ -162,9 +168,7 @@ fn spawn_pump(
                 };
                 // stderr is also on the host's log pipe: without a consumer, keep what fits and
                 // drop the rest rather than stall the log. stdout has no other way out: block.
-                let must_wait = attached
-                    .as_ref()
-                    .is_none_or(|a| a.load(Ordering::Acquire));
+                let must_wait = attached.as_ref().is_none_or(|a| a.load(Ordering::Acquire));
                 if must_wait {
                     if tx.blocking_send(msg).is_err() {
                         return;
@@ -213,7 +217,6 @@ pub fn write_stderr(text: &str) {
     }
 }
 
-
 /// `plugin.GRPCStdio`: streams captured output to one host at a time until it cancels or the
 /// server shuts down.
 #[derive(Clone)]
@@ -245,21 +248,23 @@ impl GrpcStdio for StdioService {
         let mut err = cap.stderr_rx.clone().lock_owned().await;
         let attached = AttachedFlag::set(cap.stderr_attached.clone());
         let shutdown = self.shutdown.clone();
-        let stream = async_stream_from(move |tx: mpsc::Sender<Result<StdioData, Status>>| async move {
-            let _attached = attached;
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    m = out.recv() => m,
-                    m = err.recv() => m,
-                };
-                let Some(msg) = next else { return };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
+        let stream = async_stream_from(
+            move |tx: mpsc::Sender<Result<StdioData, Status>>| async move {
+                let _attached = attached;
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        m = out.recv() => m,
+                        m = err.recv() => m,
+                    };
+                    let Some(msg) = next else { return };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok(Response::new(stream))
     }
 }

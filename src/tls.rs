@@ -626,13 +626,19 @@ impl MtlsConfig {
     }
 
     /// Runs the client side of a TLS handshake over `conn` (ServerName `localhost`, ALPN h2).
-    pub async fn connect(&self, conn: crate::transport::Conn) -> std::io::Result<crate::transport::Conn> {
+    pub async fn connect(
+        &self,
+        conn: crate::transport::Conn,
+    ) -> std::io::Result<crate::transport::Conn> {
         let tls = self.connector().connect(server_name(), conn).await?;
         Ok(crate::transport::Conn::new(tls))
     }
 
     /// Runs the server side of a TLS handshake over `conn`, requiring the pinned client cert.
-    pub async fn accept(&self, conn: crate::transport::Conn) -> std::io::Result<crate::transport::Conn> {
+    pub async fn accept(
+        &self,
+        conn: crate::transport::Conn,
+    ) -> std::io::Result<crate::transport::Conn> {
         let tls = self.acceptor().accept(conn).await?;
         Ok(crate::transport::Conn::new(tls))
     }

@@ -266,10 +266,11 @@ fn bind_fresh_socket(dir: &Path) -> Result<(UnixListener, PathBuf), TransportErr
 
 fn bind_tcp(port: u16) -> Result<TcpListener, TransportError> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let std_listener = std::net::TcpListener::bind(addr).map_err(|source| TransportError::TcpBind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let std_listener =
+        std::net::TcpListener::bind(addr).map_err(|source| TransportError::TcpBind {
+            addr: addr.to_string(),
+            source,
+        })?;
     std_listener
         .set_nonblocking(true)
         .and_then(|_| TcpListener::from_std(std_listener))
@@ -387,7 +388,9 @@ pub async fn dial(network: Network, address: &str) -> Result<Conn, TransportErro
 /// Runs one gRPC client connection (HTTP/2) over an already-open connection. The channel does
 /// not redial: once that connection is gone, calls fail with `UNAVAILABLE`, as a go-plugin
 /// client's do.
-pub async fn grpc_channel(conn: Conn) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub async fn grpc_channel(
+    conn: Conn,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(conn)));
     tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -89,6 +90,28 @@ func newPingPongServer(opts []grpc.ServerOption) *grpc.Server {
 	return s
 }
 
+// acceptAndServe serves PingPong on broker id and returns once the broker has registered the
+// listener, so the other side may dial (or, multiplexed, knock) as soon as it learns the id.
+//
+// go-plugin's AcceptAndServe calls the server factory only after Accept has succeeded, which is
+// the signal used here. Upstream's own test server just runs `go AcceptAndServe(...)` and returns
+// the id, which races: with the multiplexed broker a knock that arrives before Accept registered
+// the listener makes a Go plugin's main server fail ("received knock on ID 1 that doesn't have a
+// listener") and the plugin exit; a Go host answers such a knock with "no listener for id N".
+func acceptAndServe(broker *plugin.GRPCBroker, id uint32) error {
+	ready := make(chan struct{})
+	go broker.AcceptAndServe(id, func(opts []grpc.ServerOption) *grpc.Server {
+		close(ready)
+		return newPingPongServer(opts)
+	})
+	select {
+	case <-ready:
+		return nil
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("broker Accept(%d) did not complete within 5 s", id)
+	}
+}
+
 // pingOverBroker dials a brokered id, calls PingPong.Ping and checks the answer.
 func pingOverBroker(ctx context.Context, broker *plugin.GRPCBroker, id uint32) error {
 	conn, err := broker.Dial(id)
@@ -136,7 +159,9 @@ func (s *server) Bidirectional(ctx context.Context, req *grpctest.BidirectionalR
 		return nil, fmt.Errorf("plugin side: %w", err)
 	}
 	id := s.broker.NextId()
-	go s.broker.AcceptAndServe(id, newPingPongServer)
+	if err := acceptAndServe(s.broker, id); err != nil {
+		return nil, fmt.Errorf("plugin side: %w", err)
+	}
 	return &grpctest.BidirectionalResponse{Id: id}, nil
 }
 
@@ -210,7 +235,9 @@ func (c *Client) PrintKV(ctx context.Context, key string, value interface{}) err
 // which the host dials and pings.
 func (c *Client) Bidirectional(ctx context.Context) error {
 	id := c.Broker.NextId()
-	go c.Broker.AcceptAndServe(id, newPingPongServer)
+	if err := acceptAndServe(c.Broker, id); err != nil {
+		return fmt.Errorf("host side: %w", err)
+	}
 
 	resp, err := c.Test.Bidirectional(ctx, &grpctest.BidirectionalRequest{Id: id})
 	if err != nil {

@@ -1,0 +1,164 @@
+//! A minimal test host: starts an example plugin binary the way a go-plugin host does, reads its
+//! handshake line and connects to it. The binaries are the fresh ones cargo built for this run.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use goplugin::tls::MtlsConfig;
+use goplugin::transport::{self, Conn};
+use goplugin::HandshakeLine;
+
+/// `target/<profile>/examples/<name>`, next to this test binary's `deps/` directory.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} missing: cargo test builds examples first",
+        path.display()
+    );
+    path
+}
+
+/// A running plugin process.
+pub struct Plugin {
+    pub child: Child,
+    pub line: Option<HandshakeLine>,
+    pub raw_line: String,
+    pub stderr: Arc<Mutex<Vec<u8>>>,
+    pub stdout_rest: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Starts `grpctest_plugin` with `args` and `env` (cookie set unless `env` overrides it).
+pub fn start(args: &[&str], env: &[(&str, &str)]) -> Plugin {
+    start_bin("grpctest_plugin", args, env, true)
+}
+
+pub fn start_bin(name: &str, args: &[&str], env: &[(&str, &str)], cookie: bool) -> Plugin {
+    let mut cmd = Command::new(example(name));
+    cmd.args(args)
+        .env_remove("PLUGIN_CLIENT_CERT")
+        .env_remove("PLUGIN_MULTIPLEX_GRPC")
+        .env_remove("GOPLUGIN_NETWORK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if cookie {
+        cmd.env("TEST_MAGIC_COOKIE", "test");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn plugin");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let mut err_pipe = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err_pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout_rest = Arc::new(Mutex::new(Vec::new()));
+    let rest = stdout_rest.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(out);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let mut buf = Vec::new();
+        let _ = reader.read_to_end(&mut buf);
+        rest.lock().unwrap().extend_from_slice(&buf);
+    });
+    let raw_line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let line = HandshakeLine::parse(&raw_line).ok();
+    Plugin {
+        child,
+        line,
+        raw_line,
+        stderr,
+        stdout_rest,
+    }
+}
+
+impl Plugin {
+    pub fn line(&self) -> &HandshakeLine {
+        self.line.as_ref().unwrap_or_else(|| {
+            panic!(
+                "no handshake line; got {:?}, stderr: {}",
+                self.raw_line,
+                self.stderr_text()
+            )
+        })
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    pub async fn conn(&self) -> Conn {
+        let l = self.line();
+        transport::dial(l.network, &l.address)
+            .await
+            .expect("dial plugin")
+    }
+
+    pub async fn channel(&self, tls: Option<&MtlsConfig>) -> tonic::transport::Channel {
+        let conn = self.conn().await;
+        let conn = match tls {
+            Some(t) => t.connect(conn).await.expect("TLS handshake"),
+            None => conn,
+        };
+        transport::grpc_channel(conn).await.expect("gRPC channel")
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs an example to completion and returns (status, stdout, stderr).
+pub fn run_to_end(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    cookie: bool,
+) -> (ExitStatus, String, String) {
+    let mut p = start_bin(name, args, env, cookie);
+    let status = p
+        .wait_exit(Duration::from_secs(20))
+        .expect("plugin should exit");
+    std::thread::sleep(Duration::from_millis(50));
+    let out = format!(
+        "{}{}",
+        p.raw_line,
+        String::from_utf8_lossy(&p.stdout_rest.lock().unwrap())
+    );
+    (status, out, p.stderr_text())
+}
