@@ -355,6 +355,18 @@ impl Broker {
         self.inner.out.send_replace(Some(tx));
     }
 
+    /// Forgets `tx` if it is still the outbound half (its stream has ended).
+    pub fn detach(&self, tx: &mpsc::Sender<ConnInfo>) {
+        self.inner.out.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|c| c.same_channel(tx)) {
+                *current = None;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// Handles one message read from the broker stream.
     pub fn receive(&self, info: ConnInfo) {
         let id = info.service_id;
@@ -572,9 +584,12 @@ impl GrpcBroker for BrokerService {
     ) -> Result<Response<Self::StartStreamStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        self.broker.attach(tx);
+        self.broker.attach(tx.clone());
         let broker = self.broker.clone();
         let closed = self.broker.inner.closed.clone();
+        // The stream ends both ways when the host stops sending, sends garbage, or we close.
+        let done = closed.child_token();
+        let stream_done = done.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -589,10 +604,12 @@ impl GrpcBroker for BrokerService {
                     }
                 }
             }
+            broker.detach(&tx);
+            stream_done.cancel();
         });
         let out = ReceiverStream::new(rx)
             .map(Ok)
-            .take_until(self.broker.inner.closed.clone().cancelled_owned());
+            .take_until(done.cancelled_owned());
         Ok(Response::new(Box::pin(out)))
     }
 }
