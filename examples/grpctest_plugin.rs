@@ -1,7 +1,8 @@
 //! go-plugin's own test contract (`grpctest.Test`, plugin `test`, cookie `TEST_MAGIC_COOKIE=test`)
 //! served by a Rust plugin, with the modes compat-tests drives (spec §19 direction A):
 //! `test-grpc` (default, v1), `test-mtls` (v2), `test-versioned` (v2 and v3), `stderr`,
-//! `stdin`, `cleanup PATH`, `noisy` (prints to stdout before serving).
+//! `stdin`, `cleanup PATH`, `noisy` (prints to stdout before serving),
+//! `misconfigured` (empty cookie in its own config).
 
 use std::io::Write;
 use std::pin::Pin;
@@ -131,6 +132,8 @@ async fn main() {
             Server::new(handshake).services(register)
         }
         "test-mtls" => Server::new(handshake.with_protocol_version(2)).services(register),
+        // A plugin author's mistake: no cookie in the plugin's own handshake config.
+        "misconfigured" => Server::new(HandshakeConfig::new("", "")).services(register),
         "test-versioned" => Server::new(handshake)
             .version(2, register)
             .version(3, register),

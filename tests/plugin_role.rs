@@ -13,7 +13,7 @@ use goplugin::proto::grpctest::test_client::TestClient;
 use goplugin::proto::grpctest::{print_kv_request, PrintKvRequest, TestRequest};
 use goplugin::proto::plugin::grpc_controller_client::GrpcControllerClient;
 use goplugin::proto::plugin::Empty;
-use goplugin::server::COOKIE_MISMATCH_TEXT;
+use goplugin::server::{COOKIE_MISCONFIGURED_TEXT, COOKIE_MISMATCH_TEXT};
 use goplugin::tls::{self, Identity, MtlsConfig, PinnedPeers};
 use goplugin::Network;
 use tonic_health::pb::health_client::HealthClient;
@@ -27,6 +27,14 @@ fn cookie_mismatch_prints_go_text_and_exits_1() {
         assert_eq!(stdout, "", "nothing on stdout");
         assert_eq!(stderr, COOKIE_MISMATCH_TEXT);
     }
+}
+
+#[test]
+fn plugin_without_own_cookie_prints_go_text_and_exits_1() {
+    let (status, stdout, stderr) = run_to_end("grpctest_plugin", &["misconfigured"], &[], true);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(stdout, "");
+    assert_eq!(stderr, COOKIE_MISCONFIGURED_TEXT);
 }
 
 #[test]
@@ -122,6 +130,11 @@ fn bad_environment_is_a_clear_startup_error() {
         &[("PLUGIN_UNIX_SOCKET_DIR", "/nonexistent/sockets")],
         "/nonexistent/sockets",
     );
+    // sysfs refuses new files even to root: an unwritable socket directory.
+    assert_startup_error(
+        &[("PLUGIN_UNIX_SOCKET_DIR", "/sys/kernel")],
+        "couldn't bind plugin unix socket /sys/kernel/plugin",
+    );
     assert_startup_error(
         &[("PLUGIN_UNIX_SOCKET_GROUP", "no-such-group-x")],
         "no-such-group-x",
@@ -191,7 +204,7 @@ async fn shutdown_exits_promptly_and_removes_the_socket() {
 }
 
 #[tokio::test]
-async fn oversized_message_gets_resource_exhausted_and_plugin_keeps_serving() {
+async fn oversized_message_is_refused_and_plugin_keeps_serving() {
     let p = start(&[], &[]);
     let mut client = TestClient::new(p.channel(None).await).max_encoding_message_size(usize::MAX);
     let big = PrintKvRequest {
