@@ -1,7 +1,7 @@
 //! A Rust plugin for go-plugin's `examples/grpc` host (`proto.KV`, plugin `kv_grpc`, cookie
 //! `BASIC_PLUGIN=hello`): `Put` writes `kv_<key>` in the working directory, `Get` reads it back.
 //!
-//! Try it with the upstream host: `KV_PLUGIN=target/debug/examples/kv_plugin ./kv put hello world`.
+//! Try it with the upstream host: `KV_PLUGIN=target/debug/examples/kv_plugin KV_PROTO=grpc ./kv put hello world`.
 
 use goplugin::proto::kv::kv_server::{Kv, KvServer};
 use goplugin::proto::kv::{Empty, GetRequest, GetResponse, PutRequest};
@@ -36,17 +36,37 @@ impl Kv for FileKv {
     }
 }
 
-#[tokio::main]
-async fn main() {
+/// Serves the plugin until the host shuts it down; the process exit code. The `goplugin`
+/// binary re-executes itself into this as `goplugin kv-plugin` (see `src/main.rs`).
+pub fn run() -> i32 {
     let _ = goplugin::hclog::init_plugin_logging("kv");
-    let served = Server::new(HandshakeConfig::new("BASIC_PLUGIN", "hello"))
-        .services(|s| {
-            s.add_service(KvServer::new(FileKv));
-        })
-        .serve()
-        .await;
-    if let Err(e) = served {
-        goplugin::stdio::write_stderr(&format!("kv plugin: {e}\n"));
-        std::process::exit(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            goplugin::stdio::write_stderr(&format!("kv plugin: cannot start tokio: {e}\n"));
+            return 1;
+        }
+    };
+    let served = runtime.block_on(
+        Server::new(HandshakeConfig::new("BASIC_PLUGIN", "hello"))
+            .services(|s| {
+                s.add_service(KvServer::new(FileKv));
+            })
+            .serve(),
+    );
+    match served {
+        Ok(()) => 0,
+        Err(e) => {
+            goplugin::stdio::write_stderr(&format!("kv plugin: {e}\n"));
+            1
+        }
     }
+}
+
+#[allow(dead_code)]
+fn main() {
+    std::process::exit(run());
 }

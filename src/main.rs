@@ -5,8 +5,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Plugins this binary can be re-executed as. Nomad's `executor` and `logmon` will live here.
-const ENTRIES: &[goplugin::reexec::Entry] = &[];
+#[path = "../examples/kv_plugin.rs"]
+mod kv_plugin;
+
+/// Plugins this binary can be re-executed as (`goplugin NAME ...`), dispatched before the CLI.
+const ENTRIES: &[goplugin::reexec::Entry] = &[goplugin::reexec::Entry::new("kv-plugin", |_| {
+    kv_plugin::run()
+})];
 
 #[derive(Parser)]
 #[command(
