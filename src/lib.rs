@@ -1,12 +1,15 @@
 //! goplugin: HashiCorp go-plugin's gRPC wire protocol in Rust, byte-compatible with go-plugin
-//! v1.8.0 (spec: go-plugin-wire.md). The plugin role is [`Server`]; self-re-exec is [`reexec`].
+//! v1.8.0 (spec: go-plugin-wire.md). The plugin role is [`Server`], the host role [`Client`];
+//! self-re-exec is [`reexec`].
 
 pub mod broker;
+pub mod client;
 pub mod controller;
 pub mod handshake;
 pub mod hclog;
 pub mod mux;
 pub mod proto;
+pub mod reattach;
 pub mod reexec;
 pub mod server;
 pub mod stdio;
@@ -14,6 +17,8 @@ pub mod tls;
 pub mod transport;
 
 pub use broker::{Broker, BrokerError};
+pub use client::{Client, ClientBuilder, ClientError, Exit};
 pub use handshake::{HandshakeConfig, HandshakeLine, Network, Protocol};
+pub use reattach::ReattachConfig;
 pub use server::{ServeError, Server, Services};
 pub use transport::ListenConfig;

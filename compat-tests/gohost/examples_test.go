@@ -20,7 +20,7 @@ func runExampleHost(t *testing.T, dir, hostBin string, env []string, args ...str
 	defer cancel()
 	cmd := exec.CommandContext(ctx, hostBin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(cleanEnv(), env...)
+	cmd.Env = append(append(cleanEnv(), "TMPDIR="+shortTempDir(t)), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -45,11 +45,14 @@ func TestGRPCBasic(t *testing.T) {
 func TestGRPCNotAllowed(t *testing.T) {
 	eachImpl(t, true, func(t *testing.T, im impl) {
 		logger, _ := newHostLogger(t, hclog.Trace)
+		cmd := exec.Command(im.bin(t, im.grpctest))
+		cmd.Env = append(cleanEnv(), "TMPDIR="+shortTempDir(t)) // the refused plugin is SIGKILLed
 		c := plugin.NewClient(&plugin.ClientConfig{
-			Cmd:             exec.Command(im.bin(t, im.grpctest)),
+			Cmd:             cmd,
 			HandshakeConfig: testplugin.Handshake,
 			Plugins:         testplugin.PluginSet(),
 			Logger:          logger,
+			SkipHostEnv:     true,
 		})
 		t.Cleanup(c.Kill)
 		_, err := c.Start()
@@ -516,37 +519,61 @@ func TestPanic(t *testing.T) {
 	})
 }
 
-// TestStdin: spec §19 item 16. The plugin inherits the host's stdin: with "hello" on it, mode
-// `stdin` exits 0.
+// TestStdin: spec §19 item 16. The plugin inherits the host's stdin: with "hello" on it (a file,
+// as upstream does, and a pipe), mode `stdin` exits 0.
 //
 // Mirrors go-plugin TestClient_Stdin (client_test.go). Not parallel: it swaps os.Stdin.
 func TestStdin(t *testing.T) {
+	sources := []struct {
+		name string
+		open func(t *testing.T) *os.File
+	}{
+		{"file", func(t *testing.T) *os.File {
+			f, err := os.CreateTemp(t.TempDir(), "stdin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString("hello"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Seek(0, 0); err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}},
+		{"pipe", func(t *testing.T) *os.File {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.WriteString("hello"); err != nil {
+				t.Fatal(err)
+			}
+			_ = w.Close()
+			return r
+		}},
+	}
 	eachImpl(t, false, func(t *testing.T, im impl) {
 		path := im.bin(t, im.grpctest)
-		f, err := os.CreateTemp(t.TempDir(), "stdin")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = f.Close() }()
-		if _, err := f.WriteString("hello"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.Seek(0, 0); err != nil {
-			t.Fatal(err)
-		}
-		old := os.Stdin
-		os.Stdin = f
-		h := newHost(t, path, hostOpts{args: []string{"stdin"}})
-		_, err = h.c.Start() // go-plugin hands os.Stdin to the child here
-		os.Stdin = old
-		if err != nil {
-			t.Fatalf("Start: %v", err)
-		}
-		if !waitFor(5*time.Second, h.c.Exited) {
-			t.Fatal("plugin did not exit within 5 s after reading stdin")
-		}
-		if !h.cmd.ProcessState.Success() {
-			t.Fatalf("plugin exit status %v, want 0 (it should have read \"hello\")", h.cmd.ProcessState)
+		for _, src := range sources {
+			t.Run(src.name, func(t *testing.T) {
+				f := src.open(t)
+				defer func() { _ = f.Close() }()
+				old := os.Stdin
+				os.Stdin = f
+				h := newHost(t, path, hostOpts{args: []string{"stdin"}})
+				_, err := h.c.Start() // go-plugin hands os.Stdin to the child here
+				os.Stdin = old
+				if err != nil {
+					t.Fatalf("Start: %v", err)
+				}
+				if !waitFor(5*time.Second, h.c.Exited) {
+					t.Fatal("plugin did not exit within 5 s after reading stdin")
+				}
+				if !h.cmd.ProcessState.Success() {
+					t.Fatalf("plugin exit status %v, want 0 (it should have read \"hello\")", h.cmd.ProcessState)
+				}
+			})
 		}
 	})
 }

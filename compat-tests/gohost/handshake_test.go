@@ -40,7 +40,7 @@ func cleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "TEST_MAGIC_COOKIE=") || strings.HasPrefix(kv, "PLUGIN_") ||
-			strings.HasPrefix(kv, "GOPLUGIN_NETWORK=") {
+			strings.HasPrefix(kv, "GOPLUGIN_NETWORK=") || strings.HasPrefix(kv, "TMPDIR=") {
 			continue
 		}
 		env = append(env, kv)
@@ -99,7 +99,7 @@ type rawPlugin struct {
 func startRaw(t *testing.T, path string, args, env []string) *rawPlugin {
 	t.Helper()
 	cmd := exec.Command(path, args...)
-	cmd.Env = append(append(cleanEnv(), "TEST_MAGIC_COOKIE=test"), env...)
+	cmd.Env = append(append(cleanEnv(), "TEST_MAGIC_COOKIE=test", "TMPDIR="+shortTempDir(t)), env...)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()

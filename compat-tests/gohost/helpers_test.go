@@ -153,8 +153,13 @@ func newHost(t *testing.T, path string, o hostOpts) *host {
 		}
 	}
 
+	// The plugin gets the test process's environment minus anything go-plugin or the Rust plugin
+	// interpret (cleanEnv), plus o.env. SkipHostEnv stops go-plugin from appending os.Environ()
+	// after cmd.Env, where it would override o.env.
+	// TMPDIR points at a per-test directory so sockets of killed plugins do not pile up in /tmp.
+	cfg.SkipHostEnv = true
 	cmd := exec.Command(path, o.args...)
-	cmd.Env = append([]string(nil), o.env...)
+	cmd.Env = append(append(cleanEnv(), "TMPDIR="+shortTempDir(t)), o.env...)
 	h := &host{log: logBuf, path: path, cmd: cmd}
 	if o.runner == nil {
 		cfg.Cmd = cmd

@@ -1,0 +1,176 @@
+//! What a host persists to reattach to a running plugin (spec go-plugin-wire.md §15; Nomad's
+//! `pstructs.ReattachConfig`, nomad-executor-logmon.md §2.6), and how it makes sure the pid it
+//! finds is still that plugin: a pid alone can be reused by an unrelated process, which Nomad then
+//! killed (hashicorp/nomad#23969), so we also record the process start time.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tls::{self, Identity, MtlsConfig, PinnedPeers, TlsError};
+
+/// A reattach record. Serialises with Nomad's Go field names (`Protocol`, `Network`, `Addr`,
+/// `Pid`), so it round-trips with Nomad's persisted state; our additions are optional fields a
+/// Go reader ignores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReattachConfig {
+    /// `grpc` (`netrpc` is recognised and refused).
+    #[serde(rename = "Protocol")]
+    pub protocol: String,
+    /// Negotiated application version (Go fills it only in test mode).
+    #[serde(rename = "ProtocolVersion", default, skip_serializing_if = "is_zero")]
+    pub protocol_version: u32,
+    /// `unix` or `tcp` (Go spellings such as `tcp4` accepted).
+    #[serde(rename = "Network")]
+    pub network: String,
+    /// Socket path or host:port.
+    #[serde(rename = "Addr")]
+    pub addr: String,
+    /// Plugin pid (0 when unknown).
+    #[serde(rename = "Pid")]
+    pub pid: u32,
+    /// go-plugin's test mode: the host never kills the process.
+    #[serde(rename = "Test", default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
+    /// Start time of the pid when recorded, to refuse a reused pid.
+    #[serde(rename = "Process", default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessIdentity>,
+    /// AutoMTLS material, which go-plugin's own reattach cannot carry (pitfall P15).
+    #[serde(rename = "TLS", default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ReattachTls>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// A pid together with its start time (clock ticks since boot, `/proc/PID/stat` field 22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// Process id.
+    #[serde(rename = "Pid")]
+    pub pid: u32,
+    /// Start time in clock ticks after boot.
+    #[serde(rename = "StartTicks")]
+    pub start_ticks: u64,
+}
+
+impl ProcessIdentity {
+    /// Reads the identity of a running process.
+    pub fn of(pid: u32) -> Result<ProcessIdentity, String> {
+        if pid == 0 {
+            return Err("pid 0 names no process".into());
+        }
+        let start_ticks = start_ticks(pid)?;
+        Ok(ProcessIdentity { pid, start_ticks })
+    }
+
+    /// Checks that `pid` is this very process: alive, and started when recorded.
+    pub fn check(&self, pid: u32) -> Result<(), String> {
+        if pid != self.pid {
+            return Err(format!(
+                "recorded pid {} differs from process identity pid {}",
+                pid, self.pid
+            ));
+        }
+        let now = start_ticks(pid)?;
+        if now != self.start_ticks {
+            return Err(format!(
+                "pid {pid} now belongs to another process (started at tick {now}, recorded {})",
+                self.start_ticks
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the recorded process still runs (a zombie counts as gone).
+    pub fn is_alive(&self) -> bool {
+        self.check(self.pid).is_ok() && !is_zombie(self.pid)
+    }
+}
+
+fn stat_fields(pid: u32) -> Result<Vec<String>, String> {
+    let path = format!("/proc/{pid}/stat");
+    let raw =
+        std::fs::read_to_string(&path).map_err(|e| format!("no such process ({path}: {e})"))?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let after = raw
+        .rfind(')')
+        .map(|i| &raw[i + 1..])
+        .ok_or_else(|| format!("{path} is malformed"))?;
+    Ok(after.split_whitespace().map(str::to_string).collect())
+}
+
+fn start_ticks(pid: u32) -> Result<u64, String> {
+    // After the name: field 3 (state) is index 0, so field 22 (starttime) is index 19.
+    let fields = stat_fields(pid)?;
+    fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| format!("/proc/{pid}/stat has no start time"))
+}
+
+fn is_zombie(pid: u32) -> bool {
+    stat_fields(pid)
+        .map(|f| f.first().map(String::as_str) == Some("Z"))
+        .unwrap_or(true)
+}
+
+/// The host's identity and the plugin's certificate of an AutoMTLS session, so a new host can
+/// speak TLS to the same plugin (which still pins the original host certificate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReattachTls {
+    /// Host certificate, PEM.
+    #[serde(rename = "HostCertPEM")]
+    pub host_cert_pem: String,
+    /// Host private key, PEM. Store the record where only the host can read it.
+    #[serde(rename = "HostKeyPEM")]
+    pub host_key_pem: String,
+    /// Plugin certificate as in handshake field 6 (unpadded base64 DER).
+    #[serde(rename = "PluginCert")]
+    pub plugin_cert: String,
+}
+
+impl ReattachTls {
+    /// Records `host` and the plugin's field 6.
+    pub fn new(host: &Identity, plugin_cert: &str) -> Self {
+        Self {
+            host_cert_pem: host.cert_pem(),
+            host_key_pem: host.key_pem(),
+            plugin_cert: plugin_cert.to_string(),
+        }
+    }
+
+    /// The TLS configuration this record describes.
+    pub fn config(&self) -> Result<MtlsConfig, TlsError> {
+        let host = Identity::from_pem(&self.host_cert_pem, &self.host_key_pem)?;
+        let plugin = tls::decode_server_cert(&self.plugin_cert)?;
+        MtlsConfig::new(&host, PinnedPeers::from_certs([plugin])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_nomads_persisted_form() {
+        let nomad = r#"{"Protocol":"grpc","Network":"unix","Addr":"/tmp/plugin123","Pid":4242}"#;
+        let cfg: ReattachConfig = serde_json::from_str(nomad).unwrap();
+        assert_eq!(cfg.pid, 4242);
+        assert_eq!(cfg.network, "unix");
+        assert_eq!(serde_json::to_string(&cfg).unwrap(), nomad);
+    }
+
+    #[test]
+    fn identity_of_self_checks_and_reused_pid_is_refused() {
+        let me = ProcessIdentity::of(std::process::id()).unwrap();
+        assert!(me.check(std::process::id()).is_ok());
+        assert!(me.is_alive());
+        let forged = ProcessIdentity {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        };
+        let err = forged.check(std::process::id()).unwrap_err();
+        assert!(err.contains("another process"), "{err}");
+        assert!(ProcessIdentity::of(0).is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! The host role (`goplugin::Client`) driving the real Rust example plugins, and refusing bad
+//! plugins. The same host drives Go plugins in `tests/go_plugins.rs`.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::example;
+use goplugin::proto::grpctest::ping_pong_client::PingPongClient;
+use goplugin::proto::grpctest::ping_pong_server::{PingPong, PingPongServer};
+use goplugin::proto::grpctest::test_client::TestClient;
+use goplugin::proto::grpctest::{
+    BidirectionalRequest, PingRequest, PongResponse, PrintStdioRequest, TestRequest,
+};
+use goplugin::tls::Identity;
+use goplugin::{Client, ClientError, Exit, HandshakeConfig, ReattachConfig};
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+fn test_handshake() -> HandshakeConfig {
+    HandshakeConfig::new("TEST_MAGIC_COOKIE", "test")
+}
+
+fn plugin_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(example("grpctest_plugin"));
+    cmd.args(args);
+    cmd
+}
+
+/// A `Write` the test can read afterwards.
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Buf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn double(client: &Client, x: i32) -> i32 {
+    TestClient::new(client.channel())
+        .double(TestRequest { input: x })
+        .await
+        .unwrap()
+        .get_ref()
+        .output
+}
+
+fn graceful(exit: Exit) {
+    match exit {
+        Exit::Status(s) => assert!(s.success(), "graceful exit, got {s:?}"),
+        Exit::Gone => {}
+    }
+}
+
+#[tokio::test]
+async fn starts_pings_calls_and_kills_gracefully() {
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .start()
+        .await
+        .unwrap();
+    client.ping().await.unwrap();
+    client.ping().await.unwrap();
+    assert_eq!(double(&client, 21).await, 42);
+    assert_eq!(client.negotiated_version(), 1);
+    let t0 = Instant::now();
+    graceful(client.kill().await);
+    assert!(t0.elapsed() < Duration::from_secs(2), "no SIGKILL needed");
+    assert!(client.exited());
+    assert!(client.ping().await.is_err());
+}
+
+#[tokio::test]
+async fn auto_mtls_and_multiplexed_broker_both_ways() {
+    for (mtls, mux) in [(false, false), (true, false), (false, true), (true, true)] {
+        let client = Client::builder(plugin_cmd(&[]), test_handshake())
+            .auto_mtls(mtls)
+            .multiplex(mux)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("mtls={mtls} mux={mux}: {e}"));
+        assert_eq!(double(&client, 3).await, 6);
+        bidirectional(&client).await;
+        graceful(client.kill().await);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Pong;
+
+#[tonic::async_trait]
+impl PingPong for Pong {
+    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
+        Ok(Response::new(PongResponse { msg: "pong".into() }))
+    }
+}
+
+async fn bidirectional(client: &Client) {
+    let broker = client.broker();
+    let id = broker.next_id();
+    broker
+        .accept_and_serve(id, Routes::new(PingPongServer::new(Pong)))
+        .await
+        .unwrap();
+    let theirs = TestClient::new(client.channel())
+        .bidirectional(BidirectionalRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let pong = PingPongClient::new(broker.dial(theirs).await.unwrap())
+        .ping(PingRequest {})
+        .await
+        .unwrap();
+    assert_eq!(pong.get_ref().msg, "pong");
+}
+
+#[tokio::test]
+async fn negotiates_the_highest_offered_version() {
+    let client = Client::builder(plugin_cmd(&["test-versioned"]), test_handshake())
+        .versions([2, 3])
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(client.negotiated_version(), 3);
+    client.kill().await;
+    let err = Client::builder(plugin_cmd(&["test-versioned"]), test_handshake())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::IncompatibleVersion { plugin: 2, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn mirrors_stdio_and_copies_raw_stderr() {
+    let (out, err, raw) = (Buf::default(), Buf::default(), Buf::default());
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .sync_stdout(out.clone())
+        .sync_stderr(err.clone())
+        .stderr(raw.clone())
+        .start()
+        .await
+        .unwrap();
+    TestClient::new(client.channel())
+        .print_stdio(PrintStdioRequest {
+            stdout: b"hello\nworld!".to_vec(),
+            stderr: b"and some error\n messages!".to_vec(),
+        })
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    while (out.text().len() < 12 || err.text().len() < 25) && t0.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(out.text(), "hello\nworld!");
+    assert_eq!(err.text(), "and some error\n messages!");
+    client.kill().await;
+    assert!(raw.text().contains("and some error"), "{}", raw.text());
+}
+
+#[tokio::test]
+async fn detects_a_crash() {
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .start()
+        .await
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(client.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(2), client.wait())
+        .await
+        .expect("crash noticed within 2 s");
+    match exit {
+        Exit::Status(s) => assert!(!s.success()),
+        Exit::Gone => panic!("a child we started has a status"),
+    }
+}
+
+#[tokio::test]
+async fn reattaches_from_a_serialised_config_and_refuses_stale_ones() {
+    for mtls in [false, true] {
+        let client = Client::builder(plugin_cmd(&[]), test_handshake())
+            .auto_mtls(mtls)
+            .start()
+            .await
+            .unwrap();
+        let saved = serde_json::to_string(&client.reattach_config()).unwrap();
+        let cfg: ReattachConfig = serde_json::from_str(&saved).unwrap();
+        assert_eq!(cfg.tls.is_some(), mtls);
+        let again = Client::reattach(&cfg).await.unwrap();
+        assert_eq!(double(&again, 21).await, 42);
+        again.ping().await.unwrap();
+        graceful(again.kill().await);
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.wait()).await;
+        // The same record now points at a dead pid and a removed socket.
+        let err = Client::reattach(&cfg).await.unwrap_err();
+        assert!(matches!(err, ClientError::ProcessNotFound { .. }), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn reattach_refuses_a_pid_that_now_belongs_to_another_process() {
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .start()
+        .await
+        .unwrap();
+    let mut cfg = client.reattach_config();
+    // Pretend the plugin died and its pid went to this test process.
+    cfg.pid = std::process::id();
+    if let Some(p) = cfg.process.as_mut() {
+        p.pid = std::process::id();
+    }
+    let err = Client::reattach(&cfg).await.unwrap_err().to_string();
+    assert!(err.contains("another process"), "{err}");
+    client.kill().await;
+}
+
+#[tokio::test]
+async fn socket_dir_is_private_and_removed_after_kill() {
+    let parent = tempfile::tempdir().unwrap();
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .socket_dir(parent.path())
+        .start()
+        .await
+        .unwrap();
+    let addr = client.reattach_config().addr;
+    let dir = std::path::Path::new(&addr).parent().unwrap().to_path_buf();
+    assert_eq!(dir.parent().unwrap(), parent.path());
+    assert!(dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("plugin-dir"));
+    client.kill().await;
+    assert!(!dir.exists(), "socket dir removed");
+}
+
+/// A "plugin" that is a shell script printing `line` (then sleeping, or exiting).
+fn fake(script: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]);
+    cmd
+}
+
+async fn start_err(cmd: Command, timeout: Duration) -> ClientError {
+    Client::builder(cmd, test_handshake())
+        .start_timeout(timeout)
+        .auto_mtls(false)
+        .start()
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn malformed_handshake_lines_are_typed_errors() {
+    let t = Duration::from_secs(10);
+    let cases: &[(&str, &str)] = &[
+        (
+            "echo '1|1|tcp'; exec sleep 30",
+            "Unrecognized remote plugin message",
+        ),
+        (
+            "echo 'x|1|tcp|:1|grpc|'; exec sleep 30",
+            "core protocol version",
+        ),
+        ("echo '1|y|tcp|:1|grpc|'; exec sleep 30", "protocol version"),
+        (
+            "echo '1|1|udp|:1|grpc|'; exec sleep 30",
+            "unknown address type: udp",
+        ),
+        (
+            "echo '1|1|tcp|:1|netrpc|'; exec sleep 30",
+            "unsupported plugin protocol",
+        ),
+        (
+            "echo '1|9|tcp|:1|grpc|'; exec sleep 30",
+            "incompatible API version",
+        ),
+        ("exit 3", "plugin exited before we could connect"),
+        ("exec 1>&-; exec sleep 30", "Failed to read any lines"),
+    ];
+    for (script, needle) in cases {
+        let t0 = Instant::now();
+        let err = start_err(fake(script), t).await.to_string();
+        assert!(err.contains(needle), "{script}: {err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{script} took too long"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_that_never_prints_times_out_and_is_killed() {
+    let pidfile = tempfile::NamedTempFile::new().unwrap();
+    let script = format!("echo $$ > {}; exec sleep 30", pidfile.path().display());
+    let err = start_err(fake(&script), Duration::from_millis(300)).await;
+    assert!(matches!(err, ClientError::StartTimeout { .. }), "{err}");
+    let pid: i32 = std::fs::read_to_string(pidfile.path())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(3), "child not reaped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_first_line_over_64_kib_is_refused() {
+    let script = "head -c 70000 /dev/zero | tr '\\0' 'a'; echo; exec sleep 30";
+    let err = start_err(fake(script), Duration::from_secs(10)).await;
+    assert!(matches!(err, ClientError::LineTooLong { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn auto_mtls_rejects_bad_or_foreign_plugin_certificates() {
+    let long_garbage = "!".repeat(60);
+    let not_der = base64_nopad(b"definitely not a certificate, but long enough to count");
+    for (field6, needle) in [(long_garbage.as_str(), "base64"), (not_der.as_str(), "")] {
+        let script = format!("echo '1|1|tcp|:1|grpc|{field6}'; exec sleep 30");
+        let err = Client::builder(fake(&script), test_handshake())
+            .auto_mtls(true)
+            .start()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AutoMTLS") && err.contains(needle), "{err}");
+    }
+    // A real plugin whose field 6 is swapped for another certificate: TLS must fail.
+    let other = Identity::generate().unwrap().cert_base64();
+    let script = format!(
+        "{} | {{ IFS= read -r line; echo \"${{line%|*}}|{other}\"; cat; }}",
+        example("grpctest_plugin").display()
+    );
+    let err = Client::builder(fake(&script), test_handshake())
+        .auto_mtls(true)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::TlsHandshake { .. }), "{err}");
+    // No field 6 at all although we asked for AutoMTLS.
+    let err = Client::builder(
+        fake("echo '1|1|tcp|:1|grpc|'; exec sleep 30"),
+        test_handshake(),
+    )
+    .auto_mtls(true)
+    .start()
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::MissingServerCert), "{err}");
+}
+
+#[tokio::test]
+async fn multiplexing_without_plugin_support_is_refused() {
+    for line in ["1|1|tcp|:1234|grpc|", "1|1|tcp|:1234|grpc||false"] {
+        let err = Client::builder(
+            fake(&format!("echo '{line}'; exec sleep 30")),
+            test_handshake(),
+        )
+        .multiplex(true)
+        .start()
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ClientError::MuxNotSupported), "{line}: {err}");
+    }
+}
+
+fn base64_nopad(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
+}
