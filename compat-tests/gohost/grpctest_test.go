@@ -207,13 +207,15 @@ func TestSyncStdio(t *testing.T) {
 	})
 }
 
-// TestSyncStdioNotLogged: spec §11 and §13. What the plugin application prints after the
-// handshake travels only through GRPCStdio: a Go plugin has swapped os.Stdout/os.Stderr for the
-// GRPCStdio pipes, so PrintStdio's stderr bytes never reach the stderr pipe that go-plugin parses
-// as the plugin's log (ClientConfig.Stderr and the host log stay free of them).
+// TestSyncStdioStderrPipe: spec §11 and §13. What the plugin application prints to stderr after
+// the handshake reaches SyncStderr through GRPCStdio in both implementations. Where it also goes
+// differs on purpose: a Go plugin has swapped os.Stderr for the GRPCStdio pipe, so the bytes stay
+// out of the stderr pipe go-plugin parses as the plugin's log; the Rust plugin captures fd 2 itself
+// (C code and child processes included) and also copies it to the log pipe, so the host still logs
+// it (README "Differences from a Go plugin, on purpose"). Each side is held to its own behaviour.
 //
-// Mirrors go-plugin TestClient_grpcSyncStdio (client_test.go), the negative side of it.
-func TestSyncStdioNotLogged(t *testing.T) {
+// Mirrors go-plugin TestClient_grpcSyncStdio (client_test.go), the stderr-pipe side of it.
+func TestSyncStdioStderrPipe(t *testing.T) {
 	eachImpl(t, true, func(t *testing.T, im impl) {
 		var syncErr, rawStderr syncBuffer
 		h := newHost(t, im.bin(t, im.grpctest), hostOpts{syncErr: &syncErr, stderr: &rawStderr})
@@ -226,10 +228,11 @@ func TestSyncStdioNotLogged(t *testing.T) {
 			t.Fatalf("SyncStderr = %q, want %q", syncErr.String(), marker)
 		}
 		h.killGracefully(t) // drains the stderr pipe
-		if strings.Contains(rawStderr.String(), "stdio-only 4711") {
-			t.Errorf("PrintStdio's stderr bytes were also written to the plugin's stderr pipe, so the host "+
-				"logs them as plugin log lines; a Go plugin sends them only through GRPCStdio. ClientConfig.Stderr got:\n%s",
-				rawStderr.String())
+		onLogPipe := strings.Contains(rawStderr.String(), "stdio-only 4711")
+		wantOnLogPipe := im.name == "rust"
+		if onLogPipe != wantOnLogPipe {
+			t.Errorf("%s plugin: PrintStdio's stderr bytes on the log pipe = %v, want %v. ClientConfig.Stderr got:\n%s",
+				im.name, onLogPipe, wantOnLogPipe, rawStderr.String())
 		}
 	})
 }
