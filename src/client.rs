@@ -177,9 +177,16 @@ pub struct ClientBuilder {
     stderr: Option<Sink>,
     name: Option<String>,
     skip_host_env: bool,
+    stdin: Option<Stdio>,
 }
 
 impl ClientBuilder {
+    /// The plugin's stdin (default: inherited from this process, as Go passes `os.Stdin`).
+    pub fn stdin(mut self, stdin: impl Into<Stdio>) -> Self {
+        self.stdin = Some(stdin.into());
+        self
+    }
+
     /// Also offer these application protocol versions (Go's `VersionedPlugins` keys).
     pub fn versions(mut self, versions: impl IntoIterator<Item = u32>) -> Self {
         self.versions.extend(versions);
@@ -334,6 +341,7 @@ impl Client {
             stderr: None,
             name: None,
             skip_host_env: false,
+            stdin: None,
         }
     }
 
@@ -621,7 +629,7 @@ impl Starter {
             cmd.env(env::UNIX_SOCKET_DIR, &dir);
             starter.socket_dir = Some(SocketDirGuard(dir));
         }
-        cmd.stdin(Stdio::inherit())
+        cmd.stdin(b.stdin.unwrap_or_else(Stdio::inherit))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = tokio::process::Command::from(cmd)

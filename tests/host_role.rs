@@ -4,10 +4,9 @@
 mod common;
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::example;
+use common::{example, Buf};
 use goplugin::proto::grpctest::ping_pong_client::PingPongClient;
 use goplugin::proto::grpctest::ping_pong_server::{PingPong, PingPongServer};
 use goplugin::proto::grpctest::test_client::TestClient;
@@ -27,26 +26,6 @@ fn plugin_cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new(example("grpctest_plugin"));
     cmd.args(args);
     cmd
-}
-
-/// A `Write` the test can read afterwards.
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 async fn double(client: &Client, x: i32) -> i32 {
