@@ -178,9 +178,17 @@ pub struct ClientBuilder {
     name: Option<String>,
     skip_host_env: bool,
     stdin: Option<Stdio>,
+    tls: Option<MtlsConfig>,
 }
 
 impl ClientBuilder {
+    /// Pre-shared TLS instead of AutoMTLS (Go's `ClientConfig.TLSConfig`, which wins over
+    /// AutoMTLS there too): used for the main connection and every brokered one.
+    pub fn tls(mut self, tls: MtlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The plugin's stdin (default: inherited from this process, as Go passes `os.Stdin`).
     pub fn stdin(mut self, stdin: impl Into<Stdio>) -> Self {
         self.stdin = Some(stdin.into());
@@ -342,6 +350,7 @@ impl Client {
             name: None,
             skip_host_env: false,
             stdin: None,
+            tls: None,
         }
     }
 
@@ -452,6 +461,15 @@ impl Client {
     /// [`ClientError::ProcessNotFound`] when the pid is gone, belongs to another process (start
     /// time differs), or the address does not answer. Multiplexed plugins cannot be reattached.
     pub async fn reattach(cfg: &ReattachConfig) -> Result<Client, ClientError> {
+        Self::reattach_with_tls(cfg, None).await
+    }
+
+    /// [`Client::reattach`] for a plugin served with pre-shared TLS, which a reattach record does
+    /// not carry: give the same settings as at start.
+    pub async fn reattach_with_tls(
+        cfg: &ReattachConfig,
+        tls: Option<MtlsConfig>,
+    ) -> Result<Client, ClientError> {
         if cfg.protocol != Protocol::Grpc.as_str() {
             return Err(ClientError::BadReattach(format!(
                 "protocol {:?} is not grpc",
@@ -479,9 +497,10 @@ impl Client {
             }
             None => None,
         };
-        let mtls = match &cfg.tls {
-            Some(t) => Some(t.config()?),
-            None => None,
+        let mtls = match (&cfg.tls, tls) {
+            (_, Some(given)) => Some(given),
+            (Some(saved), None) => Some(saved.config()?),
+            (None, None) => None,
         };
         let conn = transport::dial(network, &cfg.addr).await.map_err(|e| {
             ClientError::ProcessNotFound {
@@ -586,7 +605,7 @@ impl Starter {
             child: None,
             socket_dir: None,
         };
-        let identity = if b.auto_mtls {
+        let identity = if b.auto_mtls && b.tls.is_none() {
             Some(Identity::generate()?)
         } else {
             None
@@ -675,7 +694,7 @@ impl Starter {
                 let saved = ReattachTls::new(&id, field6);
                 (Some(cfg), Some(saved))
             }
-            None => (None, None),
+            None => (b.tls, None),
         };
         let closed = CancellationToken::new();
         let broker = Broker::new(

@@ -590,6 +590,8 @@ pub struct MtlsConfig {
     pub server: Arc<ServerConfig>,
     /// Dials TLS 1.2/1.3 with ALPN `h2`, presenting our identity and accepting a pinned server.
     pub client: Arc<ClientConfig>,
+    /// Name sent and checked when dialing: `localhost` for AutoMTLS.
+    pub server_name: ServerName<'static>,
 }
 
 impl MtlsConfig {
@@ -612,7 +614,29 @@ impl MtlsConfig {
                 versions,
             )?),
             client: Arc::new(client_config(own, peers, provider, versions)?),
+            server_name: server_name(),
         })
+    }
+
+    /// Pre-shared TLS (go-plugin's `TLSConfig` / `TLSProvider`): the application's own rustls
+    /// configs for both roles and the name to dial. ALPN `h2` is added where missing, since
+    /// grpc-go refuses TLS without it.
+    pub fn from_rustls(
+        mut client: ClientConfig,
+        mut server: ServerConfig,
+        server_name: ServerName<'static>,
+    ) -> Self {
+        if !client.alpn_protocols.iter().any(|p| p == b"h2") {
+            client.alpn_protocols.push(b"h2".to_vec());
+        }
+        if !server.alpn_protocols.iter().any(|p| p == b"h2") {
+            server.alpn_protocols.push(b"h2".to_vec());
+        }
+        Self {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            server_name,
+        }
     }
 
     /// Wraps accepted streams (plugin listener, host-side broker listeners).
@@ -625,12 +649,15 @@ impl MtlsConfig {
         TlsConnector::from(self.client.clone())
     }
 
-    /// Runs the client side of a TLS handshake over `conn` (ServerName `localhost`, ALPN h2).
+    /// Runs the client side of a TLS handshake over `conn` (ALPN h2, our server name).
     pub async fn connect(
         &self,
         conn: crate::transport::Conn,
     ) -> std::io::Result<crate::transport::Conn> {
-        let tls = self.connector().connect(server_name(), conn).await?;
+        let tls = self
+            .connector()
+            .connect(self.server_name.clone(), conn)
+            .await?;
         Ok(crate::transport::Conn::new(tls))
     }
 

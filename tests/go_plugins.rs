@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::go::{compat, go_bins, reference};
+use common::go::{compat, go_bins, go_plugin_test_tls, reference};
 use common::Buf;
 
 use std::process::{Command, Stdio};
@@ -99,6 +99,47 @@ async fn reference_test_mtls_with_bidirectional_broker() {
     bidirectional(&client).await;
     let t0 = Instant::now();
     assert_graceful(client.kill().await, t0);
+}
+
+/// Mirrors go-plugin TestClient_TLS_grpc (B: `test-grpc-tls`, pre-shared TLS from go-plugin's
+/// test CA, ServerName 127.0.0.1) and a host without TLS failing against it.
+#[tokio::test]
+async fn reference_pre_shared_tls() {
+    let client = Client::builder(reference("test-grpc-tls"), handshake())
+        .tls(go_plugin_test_tls())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(double(&client, 21).await, 42);
+    client.kill().await;
+    let plain = Client::builder(reference("test-grpc-tls"), handshake())
+        .start()
+        .await;
+    if let Ok(plain) = plain {
+        assert!(TestClient::new(plain.channel())
+            .double(TestRequest { input: 1 })
+            .await
+            .is_err());
+        plain.kill().await;
+    }
+}
+
+/// Mirrors go-plugin TestClient_versionedClient (B: `test-versioned-plugins`, versions {2} over
+/// pre-shared TLS): the host offers 1 and 2, the plugin picks 2.
+#[tokio::test]
+async fn reference_versioned_plugins() {
+    let client = Client::builder(
+        reference("test-versioned-plugins"),
+        handshake().with_protocol_version(1),
+    )
+    .versions([2])
+    .tls(go_plugin_test_tls())
+    .start()
+    .await
+    .unwrap();
+    assert_eq!(client.negotiated_version(), 2);
+    assert_eq!(double(&client, 5).await, 10);
+    client.kill().await;
 }
 
 /// Mirrors go-plugin TestGRPC_App/default and /mux and TestGRPCC_Stream (B: `test-grpc`, and with

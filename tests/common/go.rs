@@ -66,3 +66,50 @@ pub fn compat(args: &[&str]) -> Command {
     cmd.args(args);
     cmd
 }
+
+/// go-plugin's own test TLS material (`TestClusterCACert`, `TestClusterServerCert`/`Key` in
+/// plugin_test.go of the module cache), as the pre-shared TLS settings its `TestClient_TLS_grpc`
+/// host uses: trust the CA, dial `127.0.0.1`, serve brokered connections with the server cert.
+pub fn go_plugin_test_tls() -> goplugin::tls::MtlsConfig {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let compat = PathBuf::from(MANIFEST).join("compat-tests");
+    let out = Command::new("go")
+        .args([
+            "list",
+            "-m",
+            "-f",
+            "{{.Dir}}",
+            "github.com/hashicorp/go-plugin",
+        ])
+        .current_dir(&compat)
+        .output()
+        .expect("go list");
+    let dir = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let src = std::fs::read_to_string(PathBuf::from(dir).join("plugin_test.go")).unwrap();
+    let constant = |name: &str| -> String {
+        let start = src.find(&format!("{name} = `")).unwrap() + name.len() + 4;
+        let end = start + src[start..].find('`').unwrap();
+        src[start..end].to_string()
+    };
+    let ca = CertificateDer::from_pem_slice(constant("TestClusterCACert").as_bytes()).unwrap();
+    let cert =
+        CertificateDer::from_pem_slice(constant("TestClusterServerCert").as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(constant("TestClusterServerKey").as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    goplugin::tls::MtlsConfig::from_rustls(client, server, name)
+}
