@@ -367,3 +367,27 @@ fn base64_nopad(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
 }
+
+#[tokio::test]
+async fn failed_start_leaves_no_socket_dir_behind() {
+    let parent = tempfile::tempdir().unwrap();
+    for script in ["echo '1|1|udp|:1|grpc|'; exec sleep 30", "exit 4"] {
+        let err = Client::builder(fake(script), test_handshake())
+            .socket_dir(parent.path())
+            .start()
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
+    // A real plugin that is then killed: its socket lived in the private dir, now gone too.
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .socket_dir(parent.path())
+        .start()
+        .await
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(client.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    client.kill().await;
+    let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
