@@ -326,8 +326,9 @@ async fn auto_mtls_rejects_bad_or_foreign_plugin_certificates() {
     }
     // A real plugin whose field 6 is swapped for another certificate: TLS must fail.
     let other = Identity::generate().unwrap().cert_base64();
+    // `timeout` bounds the pipeline: killing `sh` alone would leave the plugin and `cat` behind.
     let script = format!(
-        "{} | {{ IFS= read -r line; echo \"${{line%|*}}|{other}\"; cat; }}",
+        "timeout 5 {} | {{ IFS= read -r line; echo \"${{line%|*}}|{other}\"; timeout 5 cat; }}",
         example("grpctest_plugin").display()
     );
     let err = Client::builder(fake(&script), test_handshake())
