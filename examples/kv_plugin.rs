@@ -17,9 +17,10 @@ struct FileKv;
 impl Kv for FileKv {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let path = format!("kv_{}", req.get_ref().key);
-        let value = tokio::fs::read(&path)
-            .await
-            .map_err(|e| Status::not_found(format!("reading {path}: {e}")))?;
+        // A small local file: read it in place, as the Go plugin does (tokio::fs would hop to
+        // the blocking pool and back for every call).
+        let value =
+            std::fs::read(&path).map_err(|e| Status::not_found(format!("reading {path}: {e}")))?;
         Ok(Response::new(GetResponse { value }))
     }
 
@@ -28,15 +29,15 @@ impl Kv for FileKv {
         let path = format!("kv_{}", req.key);
         let mut value = req.value;
         value.extend_from_slice(MARKER.as_bytes());
-        tokio::fs::write(&path, value)
-            .await
+        std::fs::write(&path, value)
             .map_err(|e| Status::internal(format!("writing {path}: {e}")))?;
         tracing::info!(key = %req.key, "stored");
         Ok(Response::new(Empty {}))
     }
 }
 
-/// Serves the plugin until the host shuts it down; the process exit code. The `goplugin`
+/// Serves the plugin until the host shuts it down; the process exit code. One thread is plenty
+/// for a plugin answering one host, and keeps the process small. The `goplugin`
 /// binary re-executes itself into this as `goplugin kv-plugin` (see `src/main.rs`).
 pub fn run() -> i32 {
     let _ = goplugin::hclog::init_plugin_logging("kv");
