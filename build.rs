@@ -27,5 +27,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compile(&["examples/kv.proto"], "kv")?;
     compile(&["examples/counter.proto"], "counter")?;
     compile(&["examples/grpctest.proto"], "grpctest")?;
+    compile(&["nomad/logmon.proto"], "nomad")?;
     Ok(())
 }

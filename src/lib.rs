@@ -8,6 +8,8 @@ pub mod controller;
 pub mod handshake;
 pub mod hclog;
 pub mod mux;
+#[cfg(all(feature = "nomad", target_os = "linux"))]
+pub mod nomad;
 pub mod proto;
 pub mod reattach;
 pub mod reexec;

@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand};
 mod kv_plugin;
 
 /// Plugins this binary can be re-executed as (`goplugin NAME ...`), dispatched before the CLI.
-const ENTRIES: &[goplugin::reexec::Entry] = &[goplugin::reexec::Entry::new("kv-plugin", |_| {
-    kv_plugin::run()
-})];
+const ENTRIES: &[goplugin::reexec::Entry] = &[
+    goplugin::reexec::Entry::new("kv-plugin", |_| kv_plugin::run()),
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
+    goplugin::reexec::Entry::new("logmon", |_| goplugin::nomad::logmon::run()),
+];
 
 #[derive(Parser)]
 #[command(

@@ -24,3 +24,12 @@ pub mod grpctest {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/grpctest/grpctest.rs"));
 }
+
+/// Nomad's `hashicorp.nomad.client.logmon.proto.LogMon`.
+pub mod logmon {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/nomad/hashicorp.nomad.client.logmon.proto.rs"
+    ));
+}

@@ -1,0 +1,281 @@
+//! Copies one FIFO into a [`Rotator`] (spec nomad-executor-logmon.md §7.3), event-driven: one
+//! thread blocks in `poll(2)` on the FIFO and a stop pipe, so an idle logmon never wakes up.
+//!
+//! Where Nomad's copier ends at the first EOF (and a later `Start` makes a new one), ours opens a
+//! fresh read end before closing the old one and keeps going, so a writer that closes and
+//! reopens the FIFO (a restarted task) loses nothing and the pipe never lacks a reader. On a write
+//! error such as ENOSPC it keeps the unwritten bytes, stops reading (the task blocks on its pipe
+//! rather than losing output), reports once and retries every second until the disk has room.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::rotator::Rotator;
+
+/// Bytes read from the FIFO at once (the default pipe capacity).
+const CHUNK: usize = 64 * 1024;
+
+/// A running copier; [`Copier::stop`] drains what the pipe holds and ends it.
+#[derive(Debug)]
+pub struct Copier {
+    stop: Option<OwnedFd>,
+    done: mpsc::Receiver<()>,
+    fifo: PathBuf,
+}
+
+impl Copier {
+    /// Starts copying `fifo` (which must exist) into `rotator`.
+    pub fn start(fifo: &Path, rotator: Rotator) -> io::Result<Copier> {
+        let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let reader = open_reader(fifo)?;
+        let (done_tx, done) = mpsc::channel();
+        let path = fifo.to_path_buf();
+        std::thread::Builder::new()
+            .name("logmon-copier".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                copy(&path, reader, stop_read, rotator);
+                let _ = done_tx.send(());
+            })?;
+        Ok(Copier {
+            stop: Some(stop_write),
+            done,
+            fifo: fifo.to_path_buf(),
+        })
+    }
+
+    /// Whether the copier thread still runs.
+    pub fn is_running(&self) -> bool {
+        matches!(self.done.try_recv(), Err(mpsc::TryRecvError::Empty))
+    }
+
+    /// Asks the copier to drain the pipe and finish; waits up to `limit` for it.
+    pub fn stop(&mut self, limit: Duration) {
+        drop(self.stop.take());
+        if self.done.recv_timeout(limit).is_err() {
+            tracing::warn!(fifo = %self.fifo.display(), "log copier did not finish in {limit:?}");
+        }
+    }
+}
+
+impl Drop for Copier {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+/// Opens the read end without blocking for a writer and without following a symlink.
+fn open_reader(fifo: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags::O_NONBLOCK | libc_flags::O_NOFOLLOW)
+        .open(fifo)
+}
+
+mod libc_flags {
+    pub const O_NONBLOCK: i32 = nix::fcntl::OFlag::O_NONBLOCK.bits();
+    pub const O_NOFOLLOW: i32 = nix::fcntl::OFlag::O_NOFOLLOW.bits();
+}
+
+enum Wake {
+    Data,
+    Hangup,
+    Stop,
+}
+
+fn wait(reader: &File, stop: &OwnedFd) -> io::Result<Wake> {
+    loop {
+        let mut fds = [
+            PollFd::new(reader.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let stop_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+        let ev = fds[0].revents().unwrap_or(PollFlags::empty());
+        if !stop_ev.is_empty() {
+            return Ok(Wake::Stop);
+        }
+        if ev.contains(PollFlags::POLLIN) {
+            return Ok(Wake::Data);
+        }
+        if ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return Ok(Wake::Hangup);
+        }
+    }
+}
+
+fn copy(fifo: &Path, mut reader: File, stop: OwnedFd, mut rotator: Rotator) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match wait(&reader, &stop) {
+            Ok(Wake::Data) => match reader.read(&mut buf) {
+                Ok(0) => reader = reopen(fifo, reader),
+                Ok(n) => {
+                    if !write_all(&mut rotator, &buf[..n], &stop) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!(fifo = %fifo.display(), "reading log fifo: {e}");
+                    reader = reopen(fifo, reader);
+                }
+            },
+            Ok(Wake::Hangup) => {
+                // Drain first: a writer may have written and closed at once.
+                drain(&mut reader, &mut buf, &mut rotator, &stop);
+                reader = reopen(fifo, reader);
+            }
+            Ok(Wake::Stop) => {
+                drain(&mut reader, &mut buf, &mut rotator, &stop);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(fifo = %fifo.display(), "waiting on log fifo: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads whatever the pipe holds right now into the rotator.
+fn drain(reader: &mut File, buf: &mut [u8], rotator: &mut Rotator, stop: &OwnedFd) {
+    loop {
+        match reader.read(buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !write_all(rotator, &buf[..n], stop) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A fresh read end replaces one that saw EOF; the old one closes only afterwards, so the FIFO
+/// always has a reader (writers never get EPIPE, nothing in the pipe is lost).
+fn reopen(fifo: &Path, old: File) -> File {
+    match open_reader(fifo) {
+        Ok(new) => {
+            tracing::trace!(fifo = %fifo.display(), fd = new.as_raw_fd(), "writer closed the fifo; waiting for the next");
+            drop(old);
+            new
+        }
+        Err(e) => {
+            tracing::error!(fifo = %fifo.display(), "reopening log fifo: {e}");
+            old
+        }
+    }
+}
+
+/// Writes all of `data`, retrying every second on errors (e.g. a full disk) until it fits or the
+/// copier is stopped; false when stopped with bytes unwritten.
+fn write_all(rotator: &mut Rotator, mut data: &[u8], stop: &OwnedFd) -> bool {
+    let mut reported = false;
+    loop {
+        match rotator.write(data) {
+            Ok(()) => {
+                if reported {
+                    tracing::info!("log writes resumed");
+                }
+                return true;
+            }
+            Err((written, e)) => {
+                data = &data[written..];
+                if !reported {
+                    tracing::error!(
+                        "{e}; holding {} bytes and retrying every second",
+                        data.len()
+                    );
+                    reported = true;
+                }
+                let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+                if let Ok(n) = poll(&mut fds, PollTimeout::from(1000u16)) {
+                    if n > 0 {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Instant;
+
+    fn mkfifo(path: &Path) {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+
+    fn wait_for(path: &Path, want: &[u8]) {
+        let t0 = Instant::now();
+        loop {
+            let got = std::fs::read(path).unwrap_or_default();
+            if got == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "{} = {:?}",
+                path.display(),
+                String::from_utf8_lossy(&got)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn copies_and_survives_a_writer_reopening_the_fifo() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join(".t.stdout.fifo");
+        mkfifo(&fifo);
+        let rot = Rotator::open(d.path(), "t.stdout", 10, 1 << 20).unwrap();
+        let mut c = Copier::start(&fifo, rot).unwrap();
+        for round in 0..3 {
+            let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            writeln!(w, "line {round}").unwrap();
+            drop(w);
+        }
+        wait_for(&d.path().join("t.stdout.0"), b"line 0\nline 1\nline 2\n");
+        assert!(c.is_running());
+        c.stop(Duration::from_secs(2));
+        assert!(!c.is_running());
+    }
+
+    #[test]
+    fn data_left_in_the_pipe_reaches_the_next_copier() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("f");
+        mkfifo(&fifo);
+        let rot = Rotator::open(d.path(), "t", 10, 1 << 20).unwrap();
+        let mut c = Copier::start(&fifo, rot).unwrap();
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"before\n").unwrap();
+        wait_for(&d.path().join("t.0"), b"before\n");
+        // Another reader keeps the pipe open (as a killed logmon's successor would find it):
+        // what the task writes meanwhile waits in the kernel buffer.
+        let _keep = open_reader(&fifo).unwrap();
+        c.stop(Duration::from_secs(2));
+        w.write_all(b"between\n").unwrap();
+        let rot = Rotator::open(d.path(), "t", 10, 1 << 20).unwrap();
+        let mut c2 = Copier::start(&fifo, rot).unwrap();
+        w.write_all(b"after\n").unwrap();
+        wait_for(&d.path().join("t.0"), b"before\nbetween\nafter\n");
+        c2.stop(Duration::from_secs(2));
+    }
+}
