@@ -266,3 +266,137 @@ async fn five_hundred_start_stop_cycles_leave_fds_and_threads_flat() {
     assert_eq!(before, after, "(fds, threads) before and after 500 cycles");
     client.kill().await;
 }
+
+/// Mirrors Nomad TestLogmon_Start_rotate: max_files 2, 1 MiB files; 1 MiB of random bytes gives
+/// `stdout.0` and `stdout.1` and no `stdout.2`; Stop twice is fine.
+#[tokio::test]
+async fn one_mib_of_random_bytes_rotates_into_two_files() {
+    use rand::RngCore;
+    let dir = tempfile::tempdir().unwrap();
+    let client = launch().await;
+    let mut lm = LogMonClient::new(client.channel());
+    let req = request(dir.path(), 2, 1);
+    lm.start(req.clone()).await.unwrap();
+    let mut data = vec![0u8; 1024 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    let mut w = open_writer(&req.stdout_fifo);
+    w.write_all(&data).unwrap();
+    drop(w);
+    let (f0, f1) = (
+        dir.path().join("web.stdout.0"),
+        dir.path().join("web.stdout.1"),
+    );
+    let t0 = Instant::now();
+    loop {
+        let total = [&f0, &f1]
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum::<u64>();
+        if total == data.len() as u64 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{total} bytes so far"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(f1.exists());
+    assert!(!dir.path().join("web.stdout.2").exists());
+    let mut joined = std::fs::read(&f0).unwrap();
+    joined.extend(std::fs::read(&f1).unwrap());
+    assert_eq!(joined, data);
+    lm.stop(StopRequest {}).await.unwrap();
+    lm.stop(StopRequest {}).await.unwrap();
+    client.kill().await;
+}
+
+/// Mirrors Nomad TestLogmon_NewError: a FIFO in a directory that does not exist.
+#[tokio::test]
+async fn fifo_in_a_missing_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = launch().await;
+    let mut lm = LogMonClient::new(client.channel());
+    let mut req = request(dir.path(), 2, 1);
+    req.stdout_fifo = "/nonexistent/dir/.web.stdout.fifo".into();
+    let e = lm.start(req).await.unwrap_err();
+    assert!(
+        e.message()
+            .contains("failed to create fifo for extracting logs"),
+        "{e}"
+    );
+    client.kill().await;
+}
+
+/// Unmounts the test's tmpfs when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk (ENOSPC): logmon keeps the bytes it could not write, stops reading (the task's
+/// writes wait in the pipe instead of being lost) and resumes when there is room again.
+#[tokio::test]
+async fn full_disk_holds_the_output_and_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "goplugin-test"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    if !mounted.status.success() {
+        eprintln!(
+            "skipping: cannot mount a small tmpfs here: {}",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    let _mount = Mount(dir.path().to_path_buf());
+    let client = launch().await;
+    let mut lm = LogMonClient::new(client.channel());
+    let req = request(dir.path(), 2, 1);
+    lm.start(req.clone()).await.unwrap();
+    let data: Vec<u8> = (0..200 * 1024u32)
+        .map(|i| {
+            if i % 100 == 99 {
+                b'\n'
+            } else {
+                b'a' + (i % 26) as u8
+            }
+        })
+        .collect();
+    let fifo = req.stdout_fifo.clone();
+    let payload = data.clone();
+    let writer = std::thread::spawn(move || open_writer(&fifo).write_all(&payload));
+    let file = dir.path().join("web.stdout.0");
+    // The disk fills up: the file stops growing well short of the data.
+    let t0 = Instant::now();
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+        assert!(t0.elapsed() < Duration::from_secs(10), "file keeps growing");
+    }
+    assert!(last < data.len() as u64, "{last} bytes on a 64 KiB disk");
+    assert!(
+        !writer.is_finished(),
+        "the task's writes wait instead of failing"
+    );
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=4m"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    writer.join().unwrap().unwrap();
+    wait_content(&file, &data);
+    lm.stop(StopRequest {}).await.unwrap();
+    client.kill().await;
+}

@@ -11,7 +11,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -26,6 +27,7 @@ const CHUNK: usize = 64 * 1024;
 pub struct Copier {
     stop: Option<OwnedFd>,
     done: mpsc::Receiver<()>,
+    alive: Arc<AtomicBool>,
     fifo: PathBuf,
 }
 
@@ -35,24 +37,28 @@ impl Copier {
         let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let reader = open_reader(fifo)?;
         let (done_tx, done) = mpsc::channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
         let path = fifo.to_path_buf();
         std::thread::Builder::new()
             .name("logmon-copier".into())
             .stack_size(128 * 1024)
             .spawn(move || {
                 copy(&path, reader, stop_read, rotator);
+                flag.store(false, Ordering::Release);
                 let _ = done_tx.send(());
             })?;
         Ok(Copier {
             stop: Some(stop_write),
             done,
+            alive,
             fifo: fifo.to_path_buf(),
         })
     }
 
     /// Whether the copier thread still runs.
     pub fn is_running(&self) -> bool {
-        matches!(self.done.try_recv(), Err(mpsc::TryRecvError::Empty))
+        self.alive.load(Ordering::Acquire)
     }
 
     /// Asks the copier to drain the pipe and finish; waits up to `limit` for it.
