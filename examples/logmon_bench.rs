@@ -119,6 +119,7 @@ async fn main() {
     lm.start(req).await.unwrap_or_else(|e| fail(e));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, _, idle_rss, ctx0) = proc_stats(pid);
+    let idle_pss = pss_kb(pid);
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
     let (cpu0, _, _, ctx1) = proc_stats(pid);
     let idle_ctx_per_min = (ctx1 - ctx0) as f64 * 60.0 / idle_secs as f64;
@@ -157,6 +158,7 @@ async fn main() {
         serde_json::json!({
             "mib": mib,
             "idle_rss_kb": idle_rss,
+            "idle_pss_kb": idle_pss,
             "idle_voluntary_ctx_switches_per_min": idle_ctx_per_min,
             "throughput_mib_s": mib as f64 / elapsed.as_secs_f64(),
             "cpu_s_per_gib": (cpu1 - cpu0) / gib,
@@ -164,6 +166,18 @@ async fn main() {
             "cat_throughput_mib_s": mib as f64 / cat_elapsed.as_secs_f64(),
         })
     );
+}
+
+/// Proportional set size: shared pages (the binary, libc) divided among the processes mapping
+/// them, which is what each of many logmons really adds.
+fn pss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
