@@ -33,3 +33,22 @@ pub mod logmon {
         "/nomad/hashicorp.nomad.client.logmon.proto.rs"
     ));
 }
+
+/// The messages of Nomad's driver proto that the executor uses
+/// (`hashicorp.nomad.plugins.drivers.proto`).
+pub mod drivers {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/nomad/hashicorp.nomad.plugins.drivers.proto.rs"
+    ));
+}
+
+/// Nomad's `hashicorp.nomad.plugins.executor.proto.Executor`.
+pub mod executor {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/nomad/hashicorp.nomad.plugins.executor.proto.rs"
+    ));
+}
