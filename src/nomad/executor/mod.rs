@@ -1,5 +1,6 @@
 //! Nomad's executor (spec nomad-executor-logmon.md §3-§6), being built: so far the argv
-//! configuration. The `goplugin executor` entry is registered only once every RPC of the service
+//! configuration and the task cgroups. The `goplugin executor` entry is registered only once every RPC of the service
 //! exists, so no host ever meets a half executor.
 
+pub mod cgroups;
 pub mod config;
