@@ -7,3 +7,4 @@ pub mod cgroups;
 pub mod config;
 pub mod lookup;
 pub mod signals;
+pub mod spawn;
