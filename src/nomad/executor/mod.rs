@@ -6,5 +6,6 @@
 pub mod cgroups;
 pub mod config;
 pub mod lookup;
+pub mod procstats;
 pub mod signals;
 pub mod spawn;

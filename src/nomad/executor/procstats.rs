@@ -1,0 +1,265 @@
+//! Task resource usage for `Stats` from `/proc` (spec nomad-executor-logmon.md §5.6, universal
+//! executor): the task's processes (its cgroup's, or the task pid and its descendants), per pid RSS,
+//! swap and CPU times, CPU percent from the change since the previous sample, and the sums.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::proto::drivers::{
+    cpu_usage, memory_usage, CpuUsage, MemoryUsage, TaskResourceUsage, TaskStats,
+};
+
+/// One process's counters at one instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sample {
+    user_s: f64,
+    system_s: f64,
+    rss: u64,
+    swap: u64,
+    at: Instant,
+}
+
+/// Keeps the previous sample of every pid so CPU percent is a rate, as gopsutil's trackers do.
+#[derive(Debug, Default)]
+pub struct StatsTracker {
+    previous: HashMap<u32, Sample>,
+}
+
+fn ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64
+}
+
+/// Fields of `/proc/PID/stat` after the command name (field 3 is index 0).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &raw[raw.rfind(')')? + 1..];
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+fn read_sample(pid: u32) -> Option<Sample> {
+    let f = stat_fields(pid)?;
+    let hz = ticks_per_second();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime is field 14 (index 11), stime field 15 (index 12), rss pages field 24 (index 21).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let swap_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSwap:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(Sample {
+        user_s: num(11) / hz,
+        system_s: num(12) / hz,
+        rss: num(21) as u64 * page_size(),
+        swap: swap_kb * 1024,
+        at: Instant::now(),
+    })
+}
+
+/// `root` and every descendant of it, from the parent pids in `/proc`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.filter_map(Result::ok) {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(kids) = children.get(&out[i]) {
+            for &kid in kids {
+                if !out.contains(&kid) {
+                    out.push(kid);
+                }
+            }
+        }
+        i += 1;
+    }
+    out.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+    out
+}
+
+impl StatsTracker {
+    /// One `TaskStats` for `pids`; `total_mhz` and `cores` turn percent into Nomad's TotalTicks.
+    pub fn sample(&mut self, pids: &[u32], total_mhz: u64, cores: i64) -> TaskStats {
+        let mut by_pid = HashMap::new();
+        let mut agg = Totals::default();
+        let mut seen = HashMap::new();
+        for &pid in pids {
+            let Some(now) = read_sample(pid) else {
+                continue;
+            };
+            let percent = match self.previous.get(&pid) {
+                Some(prev) => {
+                    let wall = now.at.duration_since(prev.at).as_secs_f64();
+                    let cpu = (now.user_s + now.system_s) - (prev.user_s + prev.system_s);
+                    if wall > 0.0 {
+                        (cpu / wall * 100.0).max(0.0)
+                    } else {
+                        0.0
+                    }
+                }
+                None => 0.0,
+            };
+            let ticks = if cores > 0 {
+                percent / 100.0 * total_mhz as f64 / cores as f64
+            } else {
+                0.0
+            };
+            agg.add(&now, percent, ticks);
+            by_pid.insert(pid.to_string(), usage(&now, percent, ticks));
+            seen.insert(pid, now);
+        }
+        self.previous = seen;
+        TaskStats {
+            id: String::new(),
+            timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            agg_resource_usage: Some(agg.usage()),
+            resource_usage_by_pid: by_pid,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    user_s: f64,
+    system_s: f64,
+    percent: f64,
+    ticks: f64,
+    rss: u64,
+    swap: u64,
+}
+
+impl Totals {
+    fn add(&mut self, s: &Sample, percent: f64, ticks: f64) {
+        self.user_s += s.user_s;
+        self.system_s += s.system_s;
+        self.percent += percent;
+        self.ticks += ticks;
+        self.rss += s.rss;
+        self.swap += s.swap;
+    }
+
+    fn usage(&self) -> TaskResourceUsage {
+        build_usage(
+            self.user_s,
+            self.system_s,
+            self.percent,
+            self.ticks,
+            self.rss,
+            self.swap,
+        )
+    }
+}
+
+fn usage(s: &Sample, percent: f64, ticks: f64) -> TaskResourceUsage {
+    build_usage(s.user_s, s.system_s, percent, ticks, s.rss, s.swap)
+}
+
+/// Nomad's universal Measured lists: memory `RSS`, `Swap`; CPU `System Mode`, `User Mode`, `Percent`.
+fn build_usage(
+    user_s: f64,
+    system_s: f64,
+    percent: f64,
+    ticks: f64,
+    rss: u64,
+    swap: u64,
+) -> TaskResourceUsage {
+    TaskResourceUsage {
+        cpu: Some(CpuUsage {
+            system_mode: system_s * 1e9,
+            user_mode: user_s * 1e9,
+            total_ticks: ticks,
+            percent,
+            measured_fields: vec![
+                cpu_usage::Fields::SystemMode as i32,
+                cpu_usage::Fields::UserMode as i32,
+                cpu_usage::Fields::Percent as i32,
+            ],
+            ..Default::default()
+        }),
+        memory: Some(MemoryUsage {
+            rss,
+            swap,
+            measured_fields: vec![
+                memory_usage::Fields::Rss as i32,
+                memory_usage::Fields::Swap as i32,
+            ],
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_include_grandchildren() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let pids = descendants(child.id());
+        assert!(pids.len() >= 2, "{pids:?}");
+        assert_eq!(pids[0], child.id());
+        for p in &pids[1..] {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn samples_rss_and_a_cpu_rate_for_a_busy_process() {
+        let mut busy = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let mut tracker = StatsTracker::default();
+        let first = tracker.sample(&[busy.id()], 4000, 2);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let second = tracker.sample(&[busy.id()], 4000, 2);
+        busy.kill().unwrap();
+        busy.wait().unwrap();
+        let agg = |s: &TaskStats| s.agg_resource_usage.clone().unwrap();
+        assert_eq!(
+            agg(&first).cpu.unwrap().percent,
+            0.0,
+            "first sample has no rate"
+        );
+        let cpu = agg(&second).cpu.unwrap();
+        assert!(cpu.percent > 1.0, "busy loop at {}%", cpu.percent);
+        assert!(cpu.total_ticks > 0.0);
+        assert!(agg(&second).memory.unwrap().rss > 0);
+        assert!(second.timestamp.is_some());
+        assert!(second
+            .resource_usage_by_pid
+            .contains_key(&busy.id().to_string()));
+    }
+}
