@@ -13,6 +13,8 @@ const ENTRIES: &[goplugin::reexec::Entry] = &[
     goplugin::reexec::Entry::new("kv-plugin", |_| kv_plugin::run()),
     #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new("logmon", |_| goplugin::nomad::logmon::run()),
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
+    goplugin::reexec::Entry::new("executor", goplugin::nomad::executor::run),
 ];
 
 #[derive(Parser)]

@@ -1,0 +1,508 @@
+//! `hashicorp.nomad.plugins.executor.proto.Executor` for the universal executor (spec
+//! nomad-executor-logmon.md §4, §5): one task per executor process, launched once, waited on,
+//! signalled, measured and shut down with Nomad's semantics.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::cgroups::{self, CgroupMode, Limits, TaskCgroup};
+use super::config::Compute;
+use super::exec_streaming;
+use super::procstats::{descendants, StatsTracker};
+use super::signals::parse_shutdown_signal;
+use super::spawn::{ChildSetup, Identity};
+use super::{lookup, EXECUTOR_VERSION};
+use crate::proto::drivers::{ExecTaskStreamingRequest, ExecTaskStreamingResponse, Resources};
+use crate::proto::executor::executor_server::Executor;
+use crate::proto::executor::*;
+
+/// Bytes of combined output `Exec` returns (Nomad's `CheckBufSize`).
+const EXEC_OUTPUT_LIMIT: usize = 4096;
+/// How long `Shutdown` waits for the process after the final SIGKILL.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+
+/// What a launched task keeps for the other RPCs.
+pub(crate) struct Task {
+    pub(crate) pid: u32,
+    pub(crate) env: Vec<String>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) cgroup: Option<TaskCgroup>,
+    state: watch::Receiver<Option<ProcessState>>,
+}
+
+impl Task {
+    fn exited(&self) -> Option<ProcessState> {
+        *self.state.borrow()
+    }
+
+    async fn wait(&self) -> ProcessState {
+        let mut rx = self.state.clone();
+        loop {
+            if let Some(s) = *rx.borrow_and_update() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return exit_state(self.pid, 1, 0, false);
+            }
+        }
+    }
+
+    /// The task's processes: its cgroup's, else the main pid and its descendants.
+    fn pids(&self) -> Vec<u32> {
+        match &self.cgroup {
+            Some(cg) => cg.pids(),
+            None if self.exited().is_none() => descendants(self.pid),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The executor service.
+#[derive(Clone, Default)]
+pub struct ExecutorService {
+    compute: Compute,
+    task: Arc<Mutex<Option<Arc<Task>>>>,
+}
+
+impl ExecutorService {
+    /// An executor for a node with this CPU capacity (argv `Compute`).
+    pub fn new(compute: Compute) -> Self {
+        Self {
+            compute,
+            task: Arc::default(),
+        }
+    }
+
+    /// Removes the task cgroup this executor created, if nothing runs in it any more: for when
+    /// the executor ends (the host's `Kill`) without a `Shutdown` of the task.
+    pub fn cleanup(&self) {
+        if let Some(task) = self.current() {
+            if let Some(cg) = &task.cgroup {
+                if cg.pids().is_empty() {
+                    let _ = cg.remove();
+                }
+            }
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Task>> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(SystemTime::now())
+}
+
+fn exit_state(pid: u32, exit_code: i32, signal: i32, oom_killed: bool) -> ProcessState {
+    ProcessState {
+        pid: pid as i32,
+        exit_code,
+        signal,
+        time: Some(now()),
+        oom_killed,
+    }
+}
+
+/// Nomad's plain-error status: `Unknown` with the text.
+fn unknown(e: impl std::fmt::Display) -> Status {
+    Status::unknown(e.to_string())
+}
+
+/// `empty` or `/dev/null` discards; anything else (logmon's FIFO, a file) is opened for writing
+/// without creating it or following a symlink. A FIFO open waits for its reader (logmon).
+async fn open_output(path: &str) -> Result<std::process::Stdio, Status> {
+    if path.is_empty() || path == "/dev/null" {
+        return Ok(std::process::Stdio::null());
+    }
+    let p = path.to_string();
+    let file = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&p)
+    })
+    .await
+    .map_err(unknown)?
+    .map_err(|e| unknown(format!("failed to open {path}: {e}")))?;
+    Ok(file.into())
+}
+
+fn limits_of(resources: Option<&Resources>) -> Limits {
+    let Some(r) = resources else {
+        return Limits::default();
+    };
+    let alloc = r.allocated_resources.as_ref();
+    let mem = alloc.and_then(|a| a.memory.as_ref());
+    let (hard, soft) = cgroups::memory_limits(
+        mem.map_or(0, |m| m.memory_mb),
+        mem.map_or(0, |m| m.memory_max_mb),
+    );
+    let linux = r.linux_resources.as_ref();
+    let shares = linux
+        .map(|l| l.cpu_shares)
+        .filter(|s| *s > 0)
+        .or_else(|| alloc.and_then(|a| a.cpu.as_ref()).map(|c| c.cpu_shares))
+        .filter(|s| *s > 0)
+        .map(|s| s as u64);
+    Limits {
+        memory_hard: hard,
+        memory_soft: soft,
+        cpu_shares: shares,
+        cpuset_cpus: linux
+            .map(|l| l.cpuset_cpus.clone())
+            .filter(|c| !c.is_empty()),
+    }
+}
+
+/// The task's cgroup: the raw_exec override when given, else one of our own per executor
+/// (`goplugin/<executor pid>` under each v1 controller, `goplugin.slice/<pid>.scope` on v2).
+fn task_cgroup(req: &LaunchRequest) -> Result<Option<TaskCgroup>, Status> {
+    let mode = cgroups::detect_mode();
+    let root = Path::new(cgroups::CGROUP_ROOT);
+    let limits = limits_of(req.resources.as_ref());
+    let created = match mode {
+        CgroupMode::Off => return Ok(None),
+        _ if !nix::unistd::geteuid().is_root() => return Ok(None),
+        CgroupMode::V2 if !req.cgroup_v2_override.is_empty() => {
+            TaskCgroup::create(mode, Path::new("/"), &req.cgroup_v2_override, &limits)
+        }
+        CgroupMode::V2 => TaskCgroup::create(
+            mode,
+            root,
+            &format!("goplugin.slice/{}.scope", std::process::id()),
+            &limits,
+        ),
+        CgroupMode::V1 => TaskCgroup::create(
+            mode,
+            root,
+            &format!("goplugin/{}", std::process::id()),
+            &limits,
+        ),
+    };
+    created
+        .map(Some)
+        .map_err(|e| unknown(format!("unable to configure cgroups: {e}")))
+}
+
+fn exit_of(status: std::process::ExitStatus) -> (i32, i32) {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code, 0),
+        (None, Some(sig)) => (128 + sig, sig),
+        _ => (1, 0),
+    }
+}
+
+/// Builds a command for the task's context: env (the task's, plus USER/LOGNAME/HOME when
+/// `with_user_env`), cwd, user, a new session, and optionally the task cgroup.
+pub(crate) fn task_command(
+    bin: &Path,
+    args: &[String],
+    task: Option<&Task>,
+    join_cgroup: bool,
+    with_user_env: bool,
+) -> (std::process::Command, ChildSetup) {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args);
+    let mut setup = ChildSetup {
+        new_session: true,
+        ..Default::default()
+    };
+    if let Some(task) = task {
+        if !task.env.is_empty() {
+            cmd.env_clear();
+            cmd.envs(task.env.iter().filter_map(|kv| kv.split_once('=')));
+        }
+        if with_user_env {
+            if let Some(id) = &task.identity {
+                cmd.env("USER", &id.name)
+                    .env("LOGNAME", &id.name)
+                    .env("HOME", &id.home);
+            }
+        }
+        cmd.current_dir(&task.cwd);
+        setup.identity = task.identity.clone();
+        if join_cgroup {
+            setup.cgroup_procs = task
+                .cgroup
+                .iter()
+                .flat_map(|cg| cg.procs_files())
+                .filter_map(|p| {
+                    std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok()
+                })
+                .collect();
+        }
+    }
+    (cmd, setup)
+}
+
+/// Resolves a command for `Exec`/`ExecStreaming`: absolute paths as they are, else the task dir
+/// and the executor's `$PATH`.
+pub(crate) fn resolve_exec(cmd: &str, task: Option<&Task>) -> Result<PathBuf, Status> {
+    let dir = task.map(|t| t.cwd.clone()).unwrap_or_default();
+    lookup::resolve(cmd, &dir, std::env::var("PATH").ok().as_deref()).map_err(unknown)
+}
+
+type StatsStream = Pin<Box<dyn Stream<Item = Result<StatsResponse, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecTaskStreamingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Executor for ExecutorService {
+    async fn launch(
+        &self,
+        request: Request<LaunchRequest>,
+    ) -> Result<Response<LaunchResponse>, Status> {
+        let req = request.into_inner();
+        if self.current().is_some() {
+            return Err(unknown("this executor has already launched a task"));
+        }
+        let task_dir = PathBuf::from(&req.task_dir);
+        let bin = lookup::resolve(&req.cmd, &task_dir, std::env::var("PATH").ok().as_deref())
+            .map_err(unknown)?;
+        let identity = match req.user.as_str() {
+            "" => None,
+            user => Some(Identity::lookup(user).map_err(unknown)?),
+        };
+        let cwd = [&req.work_dir, &req.task_dir]
+            .into_iter()
+            .find(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| "/".into()));
+        let cgroup = task_cgroup(&req)?;
+        let stdout = open_output(&req.stdout_path).await?;
+        let stderr = open_output(&req.stderr_path).await?;
+        let partial = Task {
+            pid: 0,
+            env: req.env.clone(),
+            cwd,
+            identity,
+            cgroup,
+            state: watch::channel(None).1,
+        };
+        let (mut cmd, mut setup) = task_command(&bin, &req.args, Some(&partial), true, false);
+        setup.oom_score_adj = (req.oom_score_adj != 0).then_some(req.oom_score_adj);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        setup.apply(&mut cmd);
+        let mut child = tokio::process::Command::from(cmd)
+            .spawn()
+            .map_err(|e| unknown(format!("failed to launch command {}: {e}", bin.display())))?;
+        let pid = child.id().unwrap_or(0);
+        let (state_tx, state) = watch::channel(None);
+        let cgroup_for_oom = partial.cgroup.clone();
+        tokio::spawn(async move {
+            let state = match child.wait().await {
+                Ok(status) => {
+                    let (code, sig) = exit_of(status);
+                    let oom = cgroup_for_oom.as_ref().is_some_and(TaskCgroup::oom_killed);
+                    exit_state(pid, code, sig, oom)
+                }
+                Err(_) => exit_state(pid, 1, 0, false),
+            };
+            tracing::debug!(pid, exit_code = state.exit_code, "task exited");
+            let _ = state_tx.send(Some(state));
+        });
+        let task = Task {
+            pid,
+            state,
+            ..partial
+        };
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(task));
+        tracing::info!(pid, cmd = %bin.display(), "task launched");
+        Ok(Response::new(LaunchResponse {
+            process: Some(exit_state(pid, -1, 0, false)),
+        }))
+    }
+
+    async fn wait(&self, _: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
+        let task = self.current().ok_or_else(|| unknown("Task not yet run"))?;
+        Ok(Response::new(WaitResponse {
+            process: Some(task.wait().await),
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        let req = request.into_inner();
+        let signal = parse_shutdown_signal(&req.signal).map_err(unknown)?;
+        let Some(task) = self.current() else {
+            return Ok(Response::new(ShutdownResponse {}));
+        };
+        let pid = Pid::from_raw(task.pid as i32);
+        let grace = Duration::from_nanos(req.grace_period.max(0) as u64);
+        if task.exited().is_none() && !grace.is_zero() {
+            if let Some(sig) = signal {
+                let _ = kill(pid, sig);
+            }
+            let _ = tokio::time::timeout(grace, task.wait()).await;
+        }
+        if task.exited().is_none() {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        // The whole process group, then whatever else is left in the cgroup: no orphans.
+        let _ = kill(Pid::from_raw(-(task.pid as i32)), Signal::SIGKILL);
+        if let Some(cg) = task.cgroup.clone() {
+            tokio::task::spawn_blocking(move || cg.kill_all())
+                .await
+                .map_err(unknown)?;
+        }
+        if tokio::time::timeout(SHUTDOWN_WAIT, task.wait())
+            .await
+            .is_err()
+        {
+            return Err(unknown("process did not exit after 15 seconds"));
+        }
+        if let Some(cg) = &task.cgroup {
+            if let Err(e) = cg.remove() {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(Response::new(ShutdownResponse {}))
+    }
+
+    async fn update_resources(
+        &self,
+        _: Request<UpdateResourcesRequest>,
+    ) -> Result<Response<UpdateResourcesResponse>, Status> {
+        // Nomad's executors accept and ignore resource updates.
+        Ok(Response::new(UpdateResourcesResponse {}))
+    }
+
+    async fn version(
+        &self,
+        _: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(VersionResponse {
+            version: EXECUTOR_VERSION.into(),
+        }))
+    }
+
+    type StatsStream = StatsStream;
+
+    async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsStream>, Status> {
+        let interval = match request.into_inner().interval {
+            n if n > 0 => Duration::from_nanos(n as u64),
+            _ => Duration::from_secs(1),
+        };
+        let service = self.clone();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut tracker = StatsTracker::default();
+            loop {
+                let pids = service.current().map(|t| t.pids()).unwrap_or_default();
+                let stats = tracker.sample(&pids, service.compute.total_mhz, service.compute.cores);
+                let msg = StatsResponse { stats: Some(stats) };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn signal(
+        &self,
+        request: Request<SignalRequest>,
+    ) -> Result<Response<SignalResponse>, Status> {
+        let n = request.into_inner().signal;
+        let task = self.current().ok_or_else(|| unknown("Task not yet run"))?;
+        let sig = Signal::try_from(n).map_err(|_| unknown(format!("invalid signal {n}")))?;
+        kill(Pid::from_raw(task.pid as i32), sig)
+            .map_err(|e| unknown(format!("signalling pid {}: {e}", task.pid)))?;
+        Ok(Response::new(SignalResponse {}))
+    }
+
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let req = request.into_inner();
+        let deadline = req
+            .deadline
+            .ok_or_else(|| unknown("Exec needs a deadline"))?;
+        let deadline = SystemTime::try_from(deadline).map_err(unknown)?;
+        let budget = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let task = self.current();
+        let bin = resolve_exec(&req.cmd, task.as_deref())?;
+        let v2 = cgroups::detect_mode() == CgroupMode::V2;
+        let (mut cmd, setup) = task_command(&bin, &req.args, task.as_deref(), v2, false);
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(unknown)?;
+        let write2 = write.try_clone().map_err(unknown)?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(write))
+            .stderr(std::process::Stdio::from(write2));
+        setup.apply(&mut cmd);
+        let mut child = tokio::process::Command::from(cmd)
+            .spawn()
+            .map_err(|e| unknown(format!("failed to start {}: {e}", bin.display())))?;
+        let pid = child.id().unwrap_or(0);
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut out = Vec::new();
+            if let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(read) {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                    if out.len() > 2 * EXEC_OUTPUT_LIMIT {
+                        out.drain(..out.len() - EXEC_OUTPUT_LIMIT);
+                    }
+                }
+            }
+            out
+        });
+        let exit_code = match tokio::time::timeout(budget, child.wait()).await {
+            Ok(Ok(status)) => match exit_of(status) {
+                (_, sig) if sig != 0 => -1,
+                (code, _) => code,
+            },
+            Ok(Err(e)) => return Err(unknown(e)),
+            Err(_) => {
+                let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+                let _ = child.wait().await;
+                -1
+            }
+        };
+        let mut output = tokio::time::timeout(Duration::from_secs(1), reader)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        if output.len() > EXEC_OUTPUT_LIMIT {
+            output.drain(..output.len() - EXEC_OUTPUT_LIMIT);
+        }
+        Ok(Response::new(ExecResponse { output, exit_code }))
+    }
+
+    type ExecStreamingStream = ExecStream;
+
+    async fn exec_streaming(
+        &self,
+        request: Request<Streaming<ExecTaskStreamingRequest>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        let inbound = request.into_inner();
+        let stream = exec_streaming::run(inbound, self.current()).await?;
+        Ok(Response::new(stream))
+    }
+}
