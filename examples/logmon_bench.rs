@@ -1,7 +1,8 @@
-//! Benchmark driver for `goplugin logmon`: starts it over the real protocol (Nomad's handshake),
-//! streams data through its stdout FIFO into rotated files and prints one JSON object:
-//! idle RSS, throughput and CPU seconds per GiB, peak RSS under a flood, and voluntary context
-//! switches while idle; plus the same stream through `cat fifo > file` as the practical ceiling.
+//! Benchmark driver for `goplugin logmon` and `goplugin executor`: starts them over the real
+//! protocol (Nomad's handshake), streams data through logmon's stdout FIFO into rotated files and
+//! prints one JSON object: logmon's idle RSS, throughput and CPU seconds per GiB, peak RSS under a
+//! flood, voluntary context switches while idle, the same stream through `cat fifo > file` as the
+//! practical ceiling; and the executor's RSS, PSS and threads while it supervises an idle task.
 //!
 //! ```text
 //! logmon_bench GOPLUGIN_BIN [--mib N] [--idle-secs N]
@@ -150,6 +151,7 @@ async fn main() {
     stream(&cat_fifo, mib);
     let _ = cat.wait();
     let cat_elapsed = t1.elapsed();
+    let (exec_rss, exec_pss, exec_threads) = executor_idle(&bin, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
 
     let gib = total as f64 / (1u64 << 30) as f64;
@@ -164,6 +166,9 @@ async fn main() {
             "cpu_s_per_gib": (cpu1 - cpu0) / gib,
             "peak_rss_kb": hwm,
             "cat_throughput_mib_s": mib as f64 / cat_elapsed.as_secs_f64(),
+            "executor_idle_rss_kb": exec_rss,
+            "executor_idle_pss_kb": exec_pss,
+            "executor_threads": exec_threads,
         })
     );
 }
@@ -178,6 +183,47 @@ fn pss_kb(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Starts `goplugin executor`, launches `sleep 60` through it and reads the executor's RSS, PSS
+/// and thread count once it is idle.
+async fn executor_idle(bin: &str, dir: &Path) -> (u64, u64, u64) {
+    use goplugin::proto::executor::executor_client::ExecutorClient;
+    use goplugin::proto::executor::{LaunchRequest, ShutdownRequest};
+    let cfg = serde_json::json!({"LogFile": dir.join("executor.out"), "LogLevel": "info"});
+    let mut cmd = Command::new(bin);
+    cmd.arg("executor").arg(cfg.to_string());
+    let client = Client::builder(cmd, goplugin::nomad::handshake())
+        .start()
+        .await
+        .unwrap_or_else(|e| fail(e));
+    let mut exec = ExecutorClient::new(client.channel());
+    exec.launch(LaunchRequest {
+        cmd: "sleep".into(),
+        args: vec!["60".into()],
+        task_dir: dir.display().to_string(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| fail(e));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = client.pid();
+    let (_, _, rss, _) = proc_stats(pid);
+    let pss = pss_kb(pid);
+    let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let _ = exec
+        .shutdown(ShutdownRequest {
+            signal: "SIGKILL".into(),
+            grace_period: 0,
+        })
+        .await;
+    client.kill().await;
+    (rss, pss, threads)
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
