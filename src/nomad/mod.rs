@@ -1,5 +1,6 @@
 //! Nomad's per-task helper plugins (spec nomad-executor-logmon.md), Linux only.
 
+pub mod agent;
 pub mod executor;
 pub mod logmon;
 

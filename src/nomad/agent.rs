@@ -1,0 +1,613 @@
+//! The standalone agent behind `goplugin run`: runs one task the way a Nomad client does, over
+//! the real protocol, through its own `logmon` and `executor` children (or other binaries that
+//! speak it, such as a real `nomad`), and reattaches to a detached task for `status`, `logs`,
+//! `stop` and `exec`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::drivers::{
+    AllocatedCpuResources, AllocatedMemoryResources, AllocatedTaskResources,
+    ExecTaskStreamingIoOperation, ExecTaskStreamingRequest, LinuxResources, Resources,
+};
+use crate::proto::executor::executor_client::ExecutorClient;
+use crate::proto::executor::{LaunchRequest, ShutdownRequest, StatsRequest, WaitRequest};
+use crate::proto::logmon::log_mon_client::LogMonClient;
+use crate::proto::logmon::{StartRequest, StopRequest};
+use crate::reattach::ReattachConfig;
+use crate::Client;
+
+/// Errors of the agent, each one line for the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A task of that name runs already.
+    #[error(
+        "task {name:?} is already running (executor pid {pid}); stop it or pick another --name"
+    )]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// Its executor.
+        pid: u32,
+    },
+    /// No state file for that name.
+    #[error("no task {name:?} (no state file {path})")]
+    NoTask {
+        /// The name.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The state file cannot be read.
+    #[error("state file {path} is unusable: {reason}")]
+    BadState {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The detached task's helpers are gone.
+    #[error("task {name:?} is not running any more (its executor is gone); state file removed")]
+    Stale {
+        /// The name.
+        name: String,
+    },
+    /// A directory could not be prepared.
+    #[error("preparing {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A helper plugin failed.
+    #[error("{helper}: {source}")]
+    Helper {
+        /// `logmon` or `executor`.
+        helper: &'static str,
+        /// What failed.
+        source: crate::ClientError,
+    },
+    /// An RPC failed.
+    #[error("{call}: {status}")]
+    Rpc {
+        /// Which call.
+        call: &'static str,
+        /// The status message.
+        status: String,
+    },
+}
+
+fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> AgentError {
+    move |s| AgentError::Rpc {
+        call,
+        status: s.message().to_string(),
+    }
+}
+
+/// What `goplugin run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Task name (directory and log file names).
+    pub name: String,
+    /// Parent of the task directories.
+    pub base_dir: PathBuf,
+    /// `KEY=value` entries added to the task's environment (which starts from PATH only).
+    pub env: Vec<String>,
+    /// User to run as.
+    pub user: Option<String>,
+    /// Working directory (default: the task directory).
+    pub work_dir: Option<PathBuf>,
+    /// Memory limit in MiB (0: none).
+    pub memory_mb: i64,
+    /// Hard memory limit in MiB (0: `memory_mb` is hard; -1: no hard limit).
+    pub memory_max_mb: i64,
+    /// CPU shares (0: none).
+    pub cpu_shares: i64,
+    /// Log files kept per stream.
+    pub max_files: u32,
+    /// Size of each log file in MiB.
+    pub max_file_size_mb: u32,
+    /// Signal name sent on stop.
+    pub kill_signal: String,
+    /// Time between the signal and SIGKILL.
+    pub kill_timeout: Duration,
+    /// Leave the task running in the background.
+    pub detach: bool,
+    /// Another binary speaking the executor protocol (`BIN executor <json>`).
+    pub executor_bin: Option<PathBuf>,
+    /// Another binary speaking the logmon protocol (`BIN logmon`).
+    pub logmon_bin: Option<PathBuf>,
+    /// The task's command and arguments.
+    pub command: Vec<String>,
+}
+
+/// What a detached task leaves in `<task dir>/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskState {
+    /// Task name.
+    pub name: String,
+    /// Task directory.
+    pub task_dir: PathBuf,
+    /// Log directory.
+    pub log_dir: PathBuf,
+    /// The task's pid.
+    pub pid: i32,
+    /// Signal and timeout for `stop`.
+    pub kill_signal: String,
+    /// Nanoseconds.
+    pub kill_timeout_ns: u64,
+    /// Reattach to the executor.
+    pub executor: ReattachConfig,
+    /// Reattach to logmon.
+    pub logmon: ReattachConfig,
+}
+
+/// Where tasks live by default: `$XDG_RUNTIME_DIR/goplugin` or `/tmp/goplugin-<uid>`.
+pub fn default_base_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("goplugin"),
+        _ => std::env::temp_dir().join(format!("goplugin-{}", nix::unistd::getuid())),
+    }
+}
+
+fn state_path(base: &Path, name: &str) -> PathBuf {
+    base.join(name).join("state.json")
+}
+
+/// Reads a task's state file.
+pub fn load_state(base: &Path, name: &str) -> Result<TaskState, AgentError> {
+    let path = state_path(base, name);
+    let raw = std::fs::read_to_string(&path).map_err(|_| AgentError::NoTask {
+        name: name.to_string(),
+        path: path.clone(),
+    })?;
+    serde_json::from_str(&raw).map_err(|e| AgentError::BadState {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+fn helper_command(bin: Option<&Path>, name: &str) -> Result<Command, AgentError> {
+    let mut cmd = match bin {
+        Some(b) => {
+            let mut c = Command::new(b);
+            c.arg(name);
+            c
+        }
+        None => crate::reexec::command(name).map_err(|e| AgentError::Dir {
+            path: PathBuf::from("/proc/self/exe"),
+            source: e,
+        })?,
+    };
+    // Helpers get their own process group: a Ctrl-C in the terminal reaches the agent only, which
+    // turns it into the task's shutdown.
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    Ok(cmd)
+}
+
+async fn start_helper(cmd: Command, helper: &'static str) -> Result<Client, AgentError> {
+    Client::builder(cmd, super::handshake())
+        .name(helper)
+        .stdin(std::process::Stdio::null())
+        .start()
+        .await
+        .map_err(|source| AgentError::Helper { helper, source })
+}
+
+fn mkdir(path: &Path) -> Result<(), AgentError> {
+    std::fs::create_dir_all(path).map_err(|source| AgentError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn resources(o: &RunOptions) -> Resources {
+    Resources {
+        allocated_resources: Some(AllocatedTaskResources {
+            cpu: Some(AllocatedCpuResources {
+                cpu_shares: o.cpu_shares,
+            }),
+            memory: Some(AllocatedMemoryResources {
+                memory_mb: o.memory_mb,
+                memory_max_mb: o.memory_max_mb,
+            }),
+            networks: vec![],
+        }),
+        linux_resources: Some(LinuxResources {
+            cpu_shares: o.cpu_shares,
+            ..Default::default()
+        }),
+        ports: vec![],
+    }
+}
+
+/// A running task: its helpers and where its logs go.
+struct Running {
+    executor: Client,
+    logmon: Client,
+    log_dir: PathBuf,
+    task_dir: PathBuf,
+    pid: i32,
+}
+
+async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
+    let task_dir = o.base_dir.join(&o.name);
+    if let Ok(state) = load_state(&o.base_dir, &o.name) {
+        if Client::reattach(&state.executor).await.is_ok() {
+            return Err(AgentError::NameInUse {
+                name: o.name.clone(),
+                pid: state.executor.pid,
+            });
+        }
+    }
+    let log_dir = task_dir.join("logs");
+    mkdir(&log_dir)?;
+    let logmon = start_helper(helper_command(o.logmon_bin.as_deref(), "logmon")?, "logmon").await?;
+    let stdout_fifo = log_dir.join(format!(".{}.stdout.fifo", o.name));
+    let stderr_fifo = log_dir.join(format!(".{}.stderr.fifo", o.name));
+    LogMonClient::new(logmon.channel())
+        .start(StartRequest {
+            log_dir: log_dir.display().to_string(),
+            stdout_file_name: format!("{}.stdout", o.name),
+            stderr_file_name: format!("{}.stderr", o.name),
+            max_files: o.max_files,
+            max_file_size_mb: o.max_file_size_mb,
+            stdout_fifo: stdout_fifo.display().to_string(),
+            stderr_fifo: stderr_fifo.display().to_string(),
+        })
+        .await
+        .map_err(rpc("logmon Start"))?;
+    let config = serde_json::json!({
+        "LogFile": task_dir.join("executor.out"),
+        "LogLevel": "debug",
+        "FSIsolation": false,
+        "Compute": {"tc": 0, "nc": std::thread::available_parallelism().map_or(1, |n| n.get())},
+    });
+    let mut cmd = helper_command(o.executor_bin.as_deref(), "executor")?;
+    cmd.arg(config.to_string());
+    let executor = start_helper(cmd, "executor").await?;
+    let (program, args) = o.command.split_first().ok_or(AgentError::Rpc {
+        call: "run",
+        status: "no command given".into(),
+    })?;
+    let mut env = vec![format!(
+        "PATH={}",
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+    )];
+    env.extend(o.env.iter().cloned());
+    let launched = ExecutorClient::new(executor.channel())
+        .launch(LaunchRequest {
+            cmd: program.clone(),
+            args: args.to_vec(),
+            resources: Some(resources(o)),
+            stdout_path: stdout_fifo.display().to_string(),
+            stderr_path: stderr_fifo.display().to_string(),
+            env,
+            user: o.user.clone().unwrap_or_default(),
+            task_dir: task_dir.display().to_string(),
+            work_dir: o
+                .work_dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            ..Default::default()
+        })
+        .await;
+    let pid = match launched {
+        Ok(r) => r.into_inner().process.map_or(0, |p| p.pid),
+        Err(status) => {
+            executor.kill().await;
+            let _ = LogMonClient::new(logmon.channel())
+                .stop(StopRequest {})
+                .await;
+            logmon.kill().await;
+            return Err(rpc("launch")(status));
+        }
+    };
+    Ok(Running {
+        executor,
+        logmon,
+        log_dir,
+        task_dir,
+        pid,
+    })
+}
+
+/// Runs the task; returns its exit code (128 + signal when killed by one), or 0 when detached.
+pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
+    let t = start_task(&o).await?;
+    eprintln!(
+        "goplugin: task {} running as pid {}; logs in {}",
+        o.name,
+        t.pid,
+        t.log_dir.display()
+    );
+    if o.detach {
+        let state = TaskState {
+            name: o.name.clone(),
+            task_dir: t.task_dir.clone(),
+            log_dir: t.log_dir.clone(),
+            pid: t.pid,
+            kill_signal: o.kill_signal.clone(),
+            kill_timeout_ns: o.kill_timeout.as_nanos() as u64,
+            executor: t.executor.reattach_config(),
+            logmon: t.logmon.reattach_config(),
+        };
+        let path = state_path(&o.base_dir, &o.name);
+        let json = serde_json::to_string_pretty(&state).map_err(|e| AgentError::BadState {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&path, json).map_err(|source| AgentError::Dir { path, source })?;
+        return Ok(0);
+    }
+    let follow = tokio::spawn(follow_logs(t.log_dir.clone(), o.name.clone(), true));
+    let mut exec = ExecutorClient::new(t.executor.channel());
+    let wait = exec.wait(WaitRequest {});
+    tokio::pin!(wait);
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| AgentError::Rpc {
+            call: "signal handler",
+            status: e.to_string(),
+        })?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| AgentError::Rpc {
+            call: "signal handler",
+            status: e.to_string(),
+        })?;
+    let shutdown = ShutdownRequest {
+        signal: o.kill_signal.clone(),
+        grace_period: o.kill_timeout.as_nanos() as i64,
+    };
+    let state = loop {
+        tokio::select! {
+            r = &mut wait => break r.map_err(rpc("wait"))?.into_inner().process,
+            _ = sigint.recv() => {
+                eprintln!("goplugin: stopping task {} ({} then SIGKILL after {:?})", o.name, o.kill_signal, o.kill_timeout);
+                let _ = ExecutorClient::new(t.executor.channel()).shutdown(shutdown.clone()).await;
+            }
+            _ = sigterm.recv() => {
+                let _ = ExecutorClient::new(t.executor.channel()).shutdown(shutdown.clone()).await;
+            }
+        }
+    };
+    let _ = ExecutorClient::new(t.executor.channel())
+        .shutdown(ShutdownRequest {
+            signal: "SIGKILL".into(),
+            grace_period: 0,
+        })
+        .await;
+    let _ = LogMonClient::new(t.logmon.channel())
+        .stop(StopRequest {})
+        .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    follow.abort();
+    t.executor.kill().await;
+    t.logmon.kill().await;
+    let code = state.map_or(1, |s| s.exit_code);
+    eprintln!(
+        "goplugin: task {} exited with code {code}; logs in {}",
+        o.name,
+        t.log_dir.display()
+    );
+    Ok(code)
+}
+
+/// Prints one stream (`stdout` or `stderr`) of a task's logs; with `follow`, until interrupted.
+pub async fn print_logs(log_dir: PathBuf, name: String, stream: &str, follow: bool) {
+    follow_stream(
+        log_dir,
+        format!("{name}.{stream}"),
+        follow,
+        stream == "stdout",
+    )
+    .await;
+}
+
+/// Prints a task's log files (`<name>.stdout.N`, `<name>.stderr.N`) in order; with `follow`,
+/// keeps printing what is appended (checking every 50 ms) until cancelled.
+pub async fn follow_logs(log_dir: PathBuf, name: String, follow: bool) {
+    let out = tokio::spawn(follow_stream(
+        log_dir.clone(),
+        format!("{name}.stdout"),
+        follow,
+        true,
+    ));
+    let err = tokio::spawn(follow_stream(
+        log_dir,
+        format!("{name}.stderr"),
+        follow,
+        false,
+    ));
+    let _ = out.await;
+    let _ = err.await;
+}
+
+fn indices(dir: &Path, base: &str) -> Vec<u64> {
+    let prefix = format!("{base}.");
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+async fn follow_stream(dir: PathBuf, base: String, follow: bool, stdout: bool) {
+    use std::io::{Read, Seek, Write};
+    let mut current: Option<(u64, u64)> = None; // (index, offset)
+    loop {
+        let all = indices(&dir, &base);
+        let (index, offset) = match current {
+            Some(c) => c,
+            None => match all.first() {
+                Some(first) => (*first, 0),
+                None if follow => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                None => return,
+            },
+        };
+        let path = dir.join(format!("{base}.{index}"));
+        let mut buf = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            let _ = f.seek(std::io::SeekFrom::Start(offset));
+            let _ = f.read_to_end(&mut buf);
+        }
+        if !buf.is_empty() {
+            if stdout {
+                let _ = std::io::stdout().write_all(&buf);
+                let _ = std::io::stdout().flush();
+            } else {
+                let _ = std::io::stderr().write_all(&buf);
+            }
+        }
+        let offset = offset + buf.len() as u64;
+        match all.iter().find(|i| **i > index) {
+            Some(next) => current = Some((*next, 0)),
+            None if follow => {
+                current = Some((index, offset));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => return,
+        }
+    }
+}
+
+async fn reattach_or_stale(base: &Path, name: &str) -> Result<(TaskState, Client), AgentError> {
+    let state = load_state(base, name)?;
+    match Client::reattach(&state.executor).await {
+        Ok(c) => Ok((state, c)),
+        Err(_) => {
+            let _ = std::fs::remove_file(state_path(base, name));
+            if let Ok(logmon) = Client::reattach(&state.logmon).await {
+                logmon.kill().await;
+            }
+            Err(AgentError::Stale {
+                name: name.to_string(),
+            })
+        }
+    }
+}
+
+/// One line about a detached task: pid, memory and CPU.
+pub async fn status(base: &Path, name: &str) -> Result<String, AgentError> {
+    let (state, executor) = reattach_or_stale(base, name).await?;
+    let mut exec = ExecutorClient::new(executor.channel());
+    let mut stats = exec
+        .stats(StatsRequest { interval: 0 })
+        .await
+        .map_err(rpc("stats"))?
+        .into_inner();
+    let sample = stats.message().await.map_err(rpc("stats"))?;
+    let usage = sample
+        .and_then(|s| s.stats)
+        .and_then(|s| s.agg_resource_usage);
+    let rss = usage
+        .as_ref()
+        .and_then(|u| u.memory.as_ref())
+        .map_or(0, |m| m.rss);
+    Ok(format!(
+        "task {} running: pid {}, executor pid {}, logmon pid {}, rss {:.1} MiB, logs in {}",
+        state.name,
+        state.pid,
+        state.executor.pid,
+        state.logmon.pid,
+        rss as f64 / (1 << 20) as f64,
+        state.log_dir.display()
+    ))
+}
+
+/// Stops a detached task with its kill signal and timeout, then its helpers; returns its exit code.
+pub async fn stop(base: &Path, name: &str) -> Result<i32, AgentError> {
+    let (state, executor) = reattach_or_stale(base, name).await?;
+    let mut exec = ExecutorClient::new(executor.channel());
+    exec.shutdown(ShutdownRequest {
+        signal: state.kill_signal.clone(),
+        grace_period: state.kill_timeout_ns as i64,
+    })
+    .await
+    .map_err(rpc("shutdown"))?;
+    let code = exec
+        .wait(WaitRequest {})
+        .await
+        .map_err(rpc("wait"))?
+        .into_inner()
+        .process
+        .map_or(1, |p| p.exit_code);
+    if let Ok(logmon) = Client::reattach(&state.logmon).await {
+        let _ = LogMonClient::new(logmon.channel())
+            .stop(StopRequest {})
+            .await;
+        logmon.kill().await;
+    }
+    executor.kill().await;
+    let _ = std::fs::remove_file(state_path(base, name));
+    Ok(code)
+}
+
+/// Runs `command` in a detached task's context, with this process's stdin and output.
+pub async fn exec(base: &Path, name: &str, command: Vec<String>) -> Result<i32, AgentError> {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let (_, executor) = reattach_or_stale(base, name).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let _ = tx
+        .send(ExecTaskStreamingRequest {
+            setup: Some(crate::proto::drivers::exec_task_streaming_request::Setup {
+                task_id: name.to_string(),
+                command,
+                tty: false,
+            }),
+            ..Default::default()
+        })
+        .await;
+    tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = stdin.read(&mut buf).await.unwrap_or(0);
+            let op = ExecTaskStreamingIoOperation {
+                data: buf[..n].to_vec(),
+                close: n == 0,
+            };
+            let msg = ExecTaskStreamingRequest {
+                stdin: Some(op),
+                ..Default::default()
+            };
+            if tx.send(msg).await.is_err() || n == 0 {
+                break;
+            }
+        }
+        // Keep the request stream open until the response ends.
+        tx.closed().await;
+    });
+    let mut out = ExecutorClient::new(executor.channel())
+        .exec_streaming(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(rpc("exec"))?
+        .into_inner();
+    let mut code = 1;
+    while let Some(m) = out.message().await.map_err(rpc("exec"))? {
+        if let Some(o) = m.stdout {
+            let _ = std::io::stdout().write_all(&o.data);
+            let _ = std::io::stdout().flush();
+        }
+        if let Some(e) = m.stderr {
+            let _ = std::io::stderr().write_all(&e.data);
+        }
+        if m.exited {
+            code = m.result.map_or(1, |r| r.exit_code);
+        }
+    }
+    Ok(code)
+}
