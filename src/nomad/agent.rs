@@ -320,6 +320,17 @@ async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
 
 /// Runs the task; returns its exit code (128 + signal when killed by one), or 0 when detached.
 pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
+    // Before anything starts: a Ctrl-C from now on becomes the task's shutdown.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| AgentError::Rpc {
+            call: "signal handler",
+            status: e.to_string(),
+        })?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| AgentError::Rpc {
+            call: "signal handler",
+            status: e.to_string(),
+        })?;
     let t = start_task(&o).await?;
     eprintln!(
         "goplugin: task {} running as pid {}; logs in {}",
@@ -350,16 +361,6 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
     let mut exec = ExecutorClient::new(t.executor.channel());
     let wait = exec.wait(WaitRequest {});
     tokio::pin!(wait);
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| AgentError::Rpc {
-            call: "signal handler",
-            status: e.to_string(),
-        })?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| AgentError::Rpc {
-            call: "signal handler",
-            status: e.to_string(),
-        })?;
     let shutdown = ShutdownRequest {
         signal: o.kill_signal.clone(),
         grace_period: o.kill_timeout.as_nanos() as i64,
