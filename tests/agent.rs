@@ -124,7 +124,12 @@ fn detached_task_status_logs_exec_and_stop() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    std::thread::sleep(Duration::from_millis(400));
+    let log = dir.path().join("bg/logs/bg.stdout.0");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("tick") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "task did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let status = goplugin(dir.path(), &["status", "bg"]);
     assert!(
         text(&status.stdout).starts_with("task bg running"),

@@ -182,7 +182,7 @@ async fn shutdown_signals_then_kills_the_whole_process_group() {
         .process
         .unwrap();
     let pidfile = dir.path().join("child.pid");
-    for _ in 0..100 {
+    for _ in 0..500 {
         if std::fs::read_to_string(&pidfile).is_ok_and(|s| !s.trim().is_empty()) {
             break;
         }
