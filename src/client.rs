@@ -774,10 +774,21 @@ impl Starter {
                 r = &mut line_rx => {
                     return match r {
                         Ok(Ok(line)) => Ok(line),
-                        Ok(Err(ClientError::NoHandshake)) | Err(_) => match exited {
-                            Some(status) => Err(ClientError::ExitedBeforeConnect { status }),
-                            None => Err(ClientError::NoHandshake),
-                        },
+                        Ok(Err(ClientError::NoHandshake)) | Err(_) => {
+                            // stdout closing usually means the process is exiting: say so when
+                            // it does within a moment.
+                            let status = match exited {
+                                Some(s) => Some(s),
+                                None => tokio::time::timeout(Duration::from_millis(200), child.wait())
+                                    .await
+                                    .ok()
+                                    .and_then(Result::ok),
+                            };
+                            match status {
+                                Some(status) => Err(ClientError::ExitedBeforeConnect { status }),
+                                None => Err(ClientError::NoHandshake),
+                            }
+                        }
                         Ok(Err(e)) => Err(e),
                     };
                 }

@@ -126,7 +126,10 @@ fn detached_task_status_logs_exec_and_stop() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let log = dir.path().join("bg/logs/bg.stdout.0");
     let t0 = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("tick") {
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("tick")
+    {
         assert!(t0.elapsed() < Duration::from_secs(20), "task did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
