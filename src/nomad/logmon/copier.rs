@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -26,7 +26,7 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Copier {
     stop: Option<OwnedFd>,
-    done: mpsc::Receiver<()>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
     alive: Arc<AtomicBool>,
     fifo: PathBuf,
 }
@@ -36,7 +36,7 @@ impl Copier {
     pub fn start(fifo: &Path, rotator: Rotator) -> io::Result<Copier> {
         let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let reader = open_reader(fifo)?;
-        let (done_tx, done) = mpsc::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
         let path = fifo.to_path_buf();
@@ -50,7 +50,7 @@ impl Copier {
             })?;
         Ok(Copier {
             stop: Some(stop_write),
-            done,
+            done: Some(done),
             alive,
             fifo: fifo.to_path_buf(),
         })
@@ -61,11 +61,14 @@ impl Copier {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Asks the copier to drain the pipe and finish; waits up to `limit` for it.
-    pub fn stop(&mut self, limit: Duration) {
+    /// Asks the copier to drain the pipe and finish; waits up to `limit` for it (without
+    /// blocking a thread of the caller's runtime).
+    pub async fn stop(&mut self, limit: Duration) {
         drop(self.stop.take());
-        if self.done.recv_timeout(limit).is_err() {
-            tracing::warn!(fifo = %self.fifo.display(), "log copier did not finish in {limit:?}");
+        if let Some(done) = self.done.take() {
+            if tokio::time::timeout(limit, done).await.is_err() {
+                tracing::warn!(fifo = %self.fifo.display(), "log copier did not finish in {limit:?}");
+            }
         }
     }
 }
@@ -245,8 +248,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn copies_and_survives_a_writer_reopening_the_fifo() {
+    #[tokio::test]
+    async fn copies_and_survives_a_writer_reopening_the_fifo() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join(".t.stdout.fifo");
         mkfifo(&fifo);
@@ -259,12 +262,12 @@ mod tests {
         }
         wait_for(&d.path().join("t.stdout.0"), b"line 0\nline 1\nline 2\n");
         assert!(c.is_running());
-        c.stop(Duration::from_secs(2));
+        c.stop(Duration::from_secs(2)).await;
         assert!(!c.is_running());
     }
 
-    #[test]
-    fn data_left_in_the_pipe_reaches_the_next_copier() {
+    #[tokio::test]
+    async fn data_left_in_the_pipe_reaches_the_next_copier() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("f");
         mkfifo(&fifo);
@@ -276,12 +279,12 @@ mod tests {
         // Another reader keeps the pipe open (as a killed logmon's successor would find it):
         // what the task writes meanwhile waits in the kernel buffer.
         let _keep = open_reader(&fifo).unwrap();
-        c.stop(Duration::from_secs(2));
+        c.stop(Duration::from_secs(2)).await;
         w.write_all(b"between\n").unwrap();
         let rot = Rotator::open(d.path(), "t", 10, 1 << 20).unwrap();
         let mut c2 = Copier::start(&fifo, rot).unwrap();
         w.write_all(b"after\n").unwrap();
         wait_for(&d.path().join("t.0"), b"before\nbetween\nafter\n");
-        c2.stop(Duration::from_secs(2));
+        c2.stop(Duration::from_secs(2)).await;
     }
 }

@@ -2,8 +2,8 @@
 //! `Start` creates the FIFOs and copiers for a task, idempotently; `Stop` drains and closes them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 use tonic::{Request, Response, Status};
 
@@ -29,22 +29,17 @@ impl Running {
         self.stdout.is_running() && self.stderr.is_running()
     }
 
-    fn stop(mut self) {
-        self.stdout.stop(STOP_WAIT);
-        self.stderr.stop(STOP_WAIT);
+    async fn stop(mut self) {
+        self.stdout.stop(STOP_WAIT).await;
+        self.stderr.stop(STOP_WAIT).await;
     }
 }
 
 /// The logmon service: at most one task logger per process, as in Nomad.
+/// Start and Stop are serialised: the state lock is held across their awaits.
 #[derive(Default)]
 pub struct LogMonService {
     current: Mutex<Option<Running>>,
-}
-
-impl LogMonService {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 fn validate(req: &StartRequest) -> Result<(), Status> {
@@ -126,20 +121,23 @@ impl LogMon for LogMonService {
     ) -> Result<Response<StartResponse>, Status> {
         let req = request.into_inner();
         validate(&req)?;
-        let mut current = self.lock();
-        if let Some(running) = current.as_ref() {
-            if running.is_running() {
-                if running.request == req {
+        let mut current = self.current.lock().await;
+        let previous = {
+            match current.as_ref() {
+                Some(running) if running.is_running() && running.request == req => {
                     return Ok(Response::new(StartResponse {}));
                 }
-                return Err(Status::failed_precondition(format!(
-                    "logmon already copies {} and {} into {}; call Stop before starting with other parameters",
-                    running.request.stdout_fifo, running.request.stderr_fifo, running.request.log_dir
-                )));
+                Some(running) if running.is_running() => {
+                    return Err(Status::failed_precondition(format!(
+                        "logmon already copies {} and {} into {}; call Stop before starting with other parameters",
+                        running.request.stdout_fifo, running.request.stderr_fifo, running.request.log_dir
+                    )));
+                }
+                _ => current.take(),
             }
-        }
-        if let Some(old) = current.take() {
-            old.stop();
+        };
+        if let Some(old) = previous {
+            old.stop().await;
         }
         let dir = PathBuf::from(&req.log_dir);
         let stdout = start_stream(
@@ -166,11 +164,9 @@ impl LogMon for LogMonService {
     }
 
     async fn stop(&self, _request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
-        let running = self.lock().take();
+        let running = self.current.lock().await.take();
         if let Some(running) = running {
-            tokio::task::spawn_blocking(move || running.stop())
-                .await
-                .map_err(|e| Status::internal(format!("stopping copiers: {e}")))?;
+            running.stop().await;
             tracing::debug!("logmon stopped");
         }
         Ok(Response::new(StopResponse {}))
