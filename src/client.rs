@@ -704,22 +704,11 @@ impl Starter {
             b.multiplex,
             closed.clone(),
         );
-        let conn = transport::dial(handshake.network, &handshake.address).await?;
-        let main = if b.multiplex {
-            let _unclaimed = broker
-                .start_mux(conn)
-                .map_err(|e| ClientError::Mux(e.to_string()))?;
-            let session = broker
-                .mux_session()
-                .ok_or_else(|| ClientError::Mux("no session".into()))?;
-            session
-                .open()
-                .await
-                .map_err(|e| ClientError::Mux(e.to_string()))?
-        } else {
-            conn
+        let connected = connect_main(&handshake, &broker, b.multiplex, mtls.as_ref()).await;
+        let channel = match connected {
+            Ok(channel) => channel,
+            Err(e) => return Err(starter.exited_or(e).await),
         };
-        let channel = connect_channel(main, mtls.as_ref(), &handshake.address).await?;
         open_broker_stream(&broker, &channel);
         open_stdio_stream(&channel, b.sync_stdout, b.sync_stderr, &closed);
 
@@ -756,6 +745,17 @@ impl Starter {
                 socket_dir: Mutex::new(starter.socket_dir.take()),
             }),
         })
+    }
+
+    /// A failed connect to a plugin that has exited in the meantime is that exit (Go's text).
+    async fn exited_or(&mut self, err: ClientError) -> ClientError {
+        let Some(child) = self.child.as_mut() else {
+            return err;
+        };
+        match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+            Ok(Ok(status)) => ClientError::ExitedBeforeConnect { status },
+            _ => err,
+        }
     }
 
     /// Waits for the first stdout line, the process's exit, or the timeout, whichever is first.
@@ -803,6 +803,31 @@ impl Starter {
             }
         }
     }
+}
+
+/// Connects the main gRPC channel: one raw connection, or the first stream of a yamux session.
+async fn connect_main(
+    handshake: &HandshakeLine,
+    broker: &Broker,
+    multiplex: bool,
+    mtls: Option<&MtlsConfig>,
+) -> Result<Channel, ClientError> {
+    let conn = transport::dial(handshake.network, &handshake.address).await?;
+    let main = if multiplex {
+        let _unclaimed = broker
+            .start_mux(conn)
+            .map_err(|e| ClientError::Mux(e.to_string()))?;
+        let session = broker
+            .mux_session()
+            .ok_or_else(|| ClientError::Mux("no session".into()))?;
+        session
+            .open()
+            .await
+            .map_err(|e| ClientError::Mux(e.to_string()))?
+    } else {
+        conn
+    };
+    connect_channel(main, mtls, &handshake.address).await
 }
 
 fn make_socket_dir(parent: &Path, group: Option<&str>) -> Result<PathBuf, ClientError> {

@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::start;
 use goplugin::broker::{Broker, Side};
-use goplugin::proto::grpctest::ping_pong_client::PingPongClient;
-use goplugin::proto::grpctest::ping_pong_server::{PingPong, PingPongServer};
 use goplugin::proto::grpctest::test_client::TestClient;
-use goplugin::proto::grpctest::{BidirectionalRequest, PingRequest, PongResponse, TestRequest};
+use goplugin::proto::grpctest::{BidirectionalRequest, TestRequest};
 use goplugin::proto::plugin::conn_info::Knock;
 use goplugin::proto::plugin::grpc_broker_client::GrpcBrokerClient;
 use goplugin::proto::plugin::ConnInfo;
@@ -19,19 +17,8 @@ use goplugin::transport::{grpc_channel, ListenConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
-
-#[derive(Clone, Copy)]
-struct Pong;
-
-#[tonic::async_trait]
-impl PingPong for Pong {
-    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
-        Ok(Response::new(PongResponse { msg: "pong".into() }))
-    }
-}
+use tonic::Request;
 
 /// A host: the main channel plus a host-side broker fed by the plugin's broker stream.
 struct Host {
@@ -99,23 +86,7 @@ async fn bidirectional(multiplexed: bool) {
         42
     );
     for _ in 0..3 {
-        let id = host.broker.next_id();
-        host.broker
-            .accept_and_serve(id, Routes::new(PingPongServer::new(Pong)))
-            .await
-            .unwrap();
-        let theirs = test
-            .bidirectional(BidirectionalRequest { id })
-            .await
-            .unwrap()
-            .into_inner()
-            .id;
-        let channel = host.broker.dial(theirs).await.unwrap();
-        let pong = PingPongClient::new(channel)
-            .ping(PingRequest {})
-            .await
-            .unwrap();
-        assert_eq!(pong.get_ref().msg, "pong");
+        bidirectional_once(&host).await;
     }
 }
 
@@ -196,22 +167,7 @@ async fn stray_announcements_do_not_disturb_the_broker() {
 }
 
 async fn bidirectional_once(host: &Host) {
-    let id = host.broker.next_id();
-    host.broker
-        .accept_and_serve(id, Routes::new(PingPongServer::new(Pong)))
-        .await
-        .unwrap();
-    let theirs = TestClient::new(host.main.clone())
-        .bidirectional(BidirectionalRequest { id })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    let pong = PingPongClient::new(host.broker.dial(theirs).await.unwrap())
-        .ping(PingRequest {})
-        .await
-        .unwrap();
-    assert_eq!(pong.get_ref().msg, "pong");
+    common::broker_round_trip(&host.broker, host.main.clone()).await;
 }
 
 /// Sends bytes that do not decode as `ConnInfo` on the broker stream.

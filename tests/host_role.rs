@@ -7,16 +7,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{example, Buf};
-use goplugin::proto::grpctest::ping_pong_client::PingPongClient;
-use goplugin::proto::grpctest::ping_pong_server::{PingPong, PingPongServer};
 use goplugin::proto::grpctest::test_client::TestClient;
-use goplugin::proto::grpctest::{
-    BidirectionalRequest, PingRequest, PongResponse, PrintStdioRequest, TestRequest,
-};
+use goplugin::proto::grpctest::{PrintStdioRequest, TestRequest};
 use goplugin::tls::Identity;
 use goplugin::{Client, ClientError, Exit, HandshakeConfig, ReattachConfig};
-use tonic::service::Routes;
-use tonic::{Request, Response, Status};
 
 fn test_handshake() -> HandshakeConfig {
     HandshakeConfig::new("TEST_MAGIC_COOKIE", "test")
@@ -71,39 +65,9 @@ async fn auto_mtls_and_multiplexed_broker_both_ways() {
             .await
             .unwrap_or_else(|e| panic!("mtls={mtls} mux={mux}: {e}"));
         assert_eq!(double(&client, 3).await, 6);
-        bidirectional(&client).await;
+        common::broker_round_trip(&client.broker(), client.channel()).await;
         graceful(client.kill().await);
     }
-}
-
-#[derive(Clone, Copy)]
-struct Pong;
-
-#[tonic::async_trait]
-impl PingPong for Pong {
-    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
-        Ok(Response::new(PongResponse { msg: "pong".into() }))
-    }
-}
-
-async fn bidirectional(client: &Client) {
-    let broker = client.broker();
-    let id = broker.next_id();
-    broker
-        .accept_and_serve(id, Routes::new(PingPongServer::new(Pong)))
-        .await
-        .unwrap();
-    let theirs = TestClient::new(client.channel())
-        .bidirectional(BidirectionalRequest { id })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    let pong = PingPongClient::new(broker.dial(theirs).await.unwrap())
-        .ping(PingRequest {})
-        .await
-        .unwrap();
-    assert_eq!(pong.get_ref().msg, "pong");
 }
 
 #[tokio::test]

@@ -191,3 +191,44 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
         self.clone()
     }
 }
+
+/// go-plugin's test PingPong service, served by the host side through the broker.
+#[derive(Clone, Copy)]
+pub struct Pong;
+
+#[tonic::async_trait]
+impl goplugin::proto::grpctest::ping_pong_server::PingPong for Pong {
+    async fn ping(
+        &self,
+        _: tonic::Request<goplugin::proto::grpctest::PingRequest>,
+    ) -> Result<tonic::Response<goplugin::proto::grpctest::PongResponse>, tonic::Status> {
+        Ok(tonic::Response::new(
+            goplugin::proto::grpctest::PongResponse { msg: "pong".into() },
+        ))
+    }
+}
+
+/// Spec §19 items 20-22 from the host side: serve PingPong on a new broker ID, have the plugin's
+/// `Bidirectional` dial it and serve its own PingPong on another ID, then dial that one.
+pub async fn broker_round_trip(broker: &goplugin::Broker, main: tonic::transport::Channel) {
+    use goplugin::proto::grpctest::ping_pong_client::PingPongClient;
+    use goplugin::proto::grpctest::ping_pong_server::PingPongServer;
+    use goplugin::proto::grpctest::test_client::TestClient;
+    use goplugin::proto::grpctest::{BidirectionalRequest, PingRequest};
+    let id = broker.next_id();
+    broker
+        .accept_and_serve(id, tonic::service::Routes::new(PingPongServer::new(Pong)))
+        .await
+        .unwrap();
+    let theirs = TestClient::new(main)
+        .bidirectional(BidirectionalRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let pong = PingPongClient::new(broker.dial(theirs).await.unwrap())
+        .ping(PingRequest {})
+        .await
+        .unwrap();
+    assert_eq!(pong.get_ref().msg, "pong");
+}
