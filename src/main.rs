@@ -169,7 +169,12 @@ fn main() -> ExitCode {
     goplugin::reexec::dispatch(ENTRIES);
     let cli = Cli::parse();
     if cli.verbose {
-        let _ = goplugin::hclog::init_plugin_logging_with("goplugin", std::io::stderr(), "debug");
+        // The agent's and its helpers' events; the HTTP/2 machinery stays at info.
+        let _ = goplugin::hclog::init_plugin_logging_with(
+            "goplugin",
+            std::io::stderr(),
+            "info,goplugin=debug",
+        );
     }
     match cli.command {
         Cmd::Handshake { line } => handshake(&line),

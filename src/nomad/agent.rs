@@ -320,6 +320,7 @@ async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
 
 /// Runs the task; returns its exit code (128 + signal when killed by one), or 0 when detached.
 pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
+    let log_start = log_ends(&o.base_dir.join(&o.name).join("logs"), &o.name);
     // Before anything starts: a Ctrl-C from now on becomes the task's shutdown.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| AgentError::Rpc {
@@ -357,7 +358,7 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
         std::fs::write(&path, json).map_err(|source| AgentError::Dir { path, source })?;
         return Ok(0);
     }
-    let follow = tokio::spawn(follow_logs(t.log_dir.clone(), o.name.clone(), true));
+    let follow = tokio::spawn(follow_logs(t.log_dir.clone(), o.name.clone(), log_start));
     let mut exec = ExecutorClient::new(t.executor.channel());
     let wait = exec.wait(WaitRequest {});
     tokio::pin!(wait);
@@ -406,24 +407,39 @@ pub async fn print_logs(log_dir: PathBuf, name: String, stream: &str, follow: bo
         format!("{name}.{stream}"),
         follow,
         stream == "stdout",
+        None,
     )
     .await;
 }
 
-/// Prints a task's log files (`<name>.stdout.N`, `<name>.stderr.N`) in order; with `follow`,
-/// keeps printing what is appended (checking every 50 ms) until cancelled.
-pub async fn follow_logs(log_dir: PathBuf, name: String, follow: bool) {
+/// Where each stream's files end now, so a new run of a task name prints only its own output.
+pub fn log_ends(log_dir: &Path, name: &str) -> [Option<(u64, u64)>; 2] {
+    ["stdout", "stderr"].map(|stream| {
+        let base = format!("{name}.{stream}");
+        let last = *indices(log_dir, &base).last()?;
+        let len = std::fs::metadata(log_dir.join(format!("{base}.{last}")))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Some((last, len))
+    })
+}
+
+/// Follows a task's log files (`<name>.stdout.N`, `<name>.stderr.N`) from `from` (see
+/// [`log_ends`]), printing what is appended (checking every 50 ms) until cancelled.
+pub async fn follow_logs(log_dir: PathBuf, name: String, from: [Option<(u64, u64)>; 2]) {
     let out = tokio::spawn(follow_stream(
         log_dir.clone(),
         format!("{name}.stdout"),
-        follow,
         true,
+        true,
+        from[0],
     ));
     let err = tokio::spawn(follow_stream(
         log_dir,
         format!("{name}.stderr"),
-        follow,
+        true,
         false,
+        from[1],
     ));
     let _ = out.await;
     let _ = err.await;
@@ -442,9 +458,15 @@ fn indices(dir: &Path, base: &str) -> Vec<u64> {
     v
 }
 
-async fn follow_stream(dir: PathBuf, base: String, follow: bool, stdout: bool) {
+async fn follow_stream(
+    dir: PathBuf,
+    base: String,
+    follow: bool,
+    stdout: bool,
+    from: Option<(u64, u64)>,
+) {
     use std::io::{Read, Seek, Write};
-    let mut current: Option<(u64, u64)> = None; // (index, offset)
+    let mut current: Option<(u64, u64)> = from; // (index, offset)
     loop {
         let all = indices(&dir, &base);
         let (index, offset) = match current {
