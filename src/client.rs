@@ -556,7 +556,8 @@ fn reattach_network(network: &str) -> Result<Network, ClientError> {
     }
 }
 
-/// Polls a reattached process every second (Go's rate) and reports when it is gone.
+/// Polls a reattached process every second (Go's rate) and reports when it is gone; stops when
+/// every clone of the client is dropped, so a host that reattaches often leaks no task.
 async fn poll_liveness(
     id: ProcessIdentity,
     exit: watch::Sender<Option<Exit>>,
@@ -575,8 +576,20 @@ async fn poll_liveness(
         tokio::select! {
             _ = tokio::time::sleep(step) => {}
             _ = closed.cancelled(), if !closed.is_cancelled() => {}
+            _ = exit.closed() => return,
         }
     }
+}
+
+/// How long a plugin whose stdout or connection just failed gets to show it is exiting.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+
+/// The child's exit status if it exits within [`EXIT_GRACE`].
+async fn exit_soon(child: &mut tokio::process::Child) -> Option<ExitStatus> {
+    tokio::time::timeout(EXIT_GRACE, child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 /// One start attempt: everything it creates is undone if it fails.
@@ -752,9 +765,9 @@ impl Starter {
         let Some(child) = self.child.as_mut() else {
             return err;
         };
-        match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
-            Ok(Ok(status)) => ClientError::ExitedBeforeConnect { status },
-            _ => err,
+        match exit_soon(child).await {
+            Some(status) => ClientError::ExitedBeforeConnect { status },
+            None => err,
         }
     }
 
@@ -779,10 +792,7 @@ impl Starter {
                             // it does within a moment.
                             let status = match exited {
                                 Some(s) => Some(s),
-                                None => tokio::time::timeout(Duration::from_millis(200), child.wait())
-                                    .await
-                                    .ok()
-                                    .and_then(Result::ok),
+                                None => exit_soon(child).await,
                             };
                             match status {
                                 Some(status) => Err(ClientError::ExitedBeforeConnect { status }),

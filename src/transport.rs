@@ -219,16 +219,11 @@ impl ListenConfig {
 }
 
 fn unix_unsupported(e: &io::Error) -> bool {
+    use nix::errno::Errno;
     matches!(
-        e.raw_os_error(),
-        Some(libc_codes::EAFNOSUPPORT) | Some(libc_codes::EPROTONOSUPPORT)
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EAFNOSUPPORT | Errno::EPROTONOSUPPORT)
     )
-}
-
-/// The two errno values we need, without a libc dependency of our own.
-mod libc_codes {
-    pub const EAFNOSUPPORT: i32 = nix::errno::Errno::EAFNOSUPPORT as i32;
-    pub const EPROTONOSUPPORT: i32 = nix::errno::Errno::EPROTONOSUPPORT as i32;
 }
 
 fn check_dir(dir: &Path) -> Result<(), TransportError> {

@@ -104,7 +104,7 @@ impl StatsTracker {
     /// One `TaskStats` for `pids`; `total_mhz` and `cores` turn percent into Nomad's TotalTicks.
     pub fn sample(&mut self, pids: &[u32], total_mhz: u64, cores: i64) -> TaskStats {
         let mut by_pid = HashMap::new();
-        let mut agg = Totals::default();
+        let mut agg = Usage::default();
         let mut seen = HashMap::new();
         for &pid in pids {
             let Some(now) = read_sample(pid) else {
@@ -127,22 +127,31 @@ impl StatsTracker {
             } else {
                 0.0
             };
-            agg.add(&now, percent, ticks);
-            by_pid.insert(pid.to_string(), usage(&now, percent, ticks));
+            let usage = Usage {
+                user_s: now.user_s,
+                system_s: now.system_s,
+                percent,
+                ticks,
+                rss: now.rss,
+                swap: now.swap,
+            };
+            agg.add(&usage);
+            by_pid.insert(pid.to_string(), usage.to_proto());
             seen.insert(pid, now);
         }
         self.previous = seen;
         TaskStats {
             id: String::new(),
             timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-            agg_resource_usage: Some(agg.usage()),
+            agg_resource_usage: Some(agg.to_proto()),
             resource_usage_by_pid: by_pid,
         }
     }
 }
 
-#[derive(Default)]
-struct Totals {
+/// One process's (or the task's summed) figures for one sample.
+#[derive(Default, Clone, Copy)]
+struct Usage {
     user_s: f64,
     system_s: f64,
     percent: f64,
@@ -151,63 +160,42 @@ struct Totals {
     swap: u64,
 }
 
-impl Totals {
-    fn add(&mut self, s: &Sample, percent: f64, ticks: f64) {
-        self.user_s += s.user_s;
-        self.system_s += s.system_s;
-        self.percent += percent;
-        self.ticks += ticks;
-        self.rss += s.rss;
-        self.swap += s.swap;
+impl Usage {
+    fn add(&mut self, u: &Usage) {
+        self.user_s += u.user_s;
+        self.system_s += u.system_s;
+        self.percent += u.percent;
+        self.ticks += u.ticks;
+        self.rss += u.rss;
+        self.swap += u.swap;
     }
 
-    fn usage(&self) -> TaskResourceUsage {
-        build_usage(
-            self.user_s,
-            self.system_s,
-            self.percent,
-            self.ticks,
-            self.rss,
-            self.swap,
-        )
-    }
-}
-
-fn usage(s: &Sample, percent: f64, ticks: f64) -> TaskResourceUsage {
-    build_usage(s.user_s, s.system_s, percent, ticks, s.rss, s.swap)
-}
-
-/// Nomad's universal Measured lists: memory `RSS`, `Swap`; CPU `System Mode`, `User Mode`, `Percent`.
-fn build_usage(
-    user_s: f64,
-    system_s: f64,
-    percent: f64,
-    ticks: f64,
-    rss: u64,
-    swap: u64,
-) -> TaskResourceUsage {
-    TaskResourceUsage {
-        cpu: Some(CpuUsage {
-            system_mode: system_s * 1e9,
-            user_mode: user_s * 1e9,
-            total_ticks: ticks,
-            percent,
-            measured_fields: vec![
-                cpu_usage::Fields::SystemMode as i32,
-                cpu_usage::Fields::UserMode as i32,
-                cpu_usage::Fields::Percent as i32,
-            ],
-            ..Default::default()
-        }),
-        memory: Some(MemoryUsage {
-            rss,
-            swap,
-            measured_fields: vec![
-                memory_usage::Fields::Rss as i32,
-                memory_usage::Fields::Swap as i32,
-            ],
-            ..Default::default()
-        }),
+    /// Nomad's universal Measured lists: memory `RSS`, `Swap`; CPU `System Mode`, `User Mode`,
+    /// `Percent`.
+    fn to_proto(self) -> TaskResourceUsage {
+        TaskResourceUsage {
+            cpu: Some(CpuUsage {
+                system_mode: self.system_s * 1e9,
+                user_mode: self.user_s * 1e9,
+                total_ticks: self.ticks,
+                percent: self.percent,
+                measured_fields: vec![
+                    cpu_usage::Fields::SystemMode as i32,
+                    cpu_usage::Fields::UserMode as i32,
+                    cpu_usage::Fields::Percent as i32,
+                ],
+                ..Default::default()
+            }),
+            memory: Some(MemoryUsage {
+                rss: self.rss,
+                swap: self.swap,
+                measured_fields: vec![
+                    memory_usage::Fields::Rss as i32,
+                    memory_usage::Fields::Swap as i32,
+                ],
+                ..Default::default()
+            }),
+        }
     }
 }
 
