@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use goplugin::proto::grpctest::test_client::TestClient;
-use goplugin::proto::grpctest::{PrintStdioRequest, TestRequest};
+use goplugin::proto::grpctest::TestRequest;
 use goplugin::{Client, ClientError, Exit, HandshakeConfig, ReattachConfig};
 
 fn handshake() -> HandshakeConfig {
@@ -144,20 +144,7 @@ async fn reference_stdio_reaches_the_sync_writers() {
         .await
         .unwrap();
     assert_ne!(client.reattach_config().pid, 0);
-    TestClient::new(client.channel())
-        .print_stdio(PrintStdioRequest {
-            stdout: b"hello\nworld!".to_vec(),
-            stderr: b"and some error\n messages!".to_vec(),
-        })
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    while (out.text().len() < 12 || err.text().len() < 25) && t0.elapsed() < Duration::from_secs(5)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(out.text(), "hello\nworld!");
-    assert_eq!(err.text(), "and some error\n messages!");
+    common::assert_stdio_mirrored(client.channel(), &out, &err).await;
     client.kill().await;
 }
 

@@ -232,3 +232,23 @@ pub async fn broker_round_trip(broker: &goplugin::Broker, main: tonic::transport
         .unwrap();
     assert_eq!(pong.get_ref().msg, "pong");
 }
+
+/// Spec §19 item 5: `PrintStdio` output reaches the host's sync writers byte for byte.
+pub async fn assert_stdio_mirrored(main: tonic::transport::Channel, out: &Buf, err: &Buf) {
+    use goplugin::proto::grpctest::test_client::TestClient;
+    use goplugin::proto::grpctest::PrintStdioRequest;
+    TestClient::new(main)
+        .print_stdio(PrintStdioRequest {
+            stdout: b"hello\nworld!".to_vec(),
+            stderr: b"and some error\n messages!".to_vec(),
+        })
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    while (out.text().len() < 12 || err.text().len() < 25) && t0.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(out.text(), "hello\nworld!");
+    assert_eq!(err.text(), "and some error\n messages!");
+}
