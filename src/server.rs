@@ -284,12 +284,10 @@ async fn build_routes(
     broker: &Broker,
     shutdown: &CancellationToken,
 ) -> Routes {
+    // The reporter starts with "" SERVING; go-plugin hosts check "plugin".
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("plugin", tonic_health::ServingStatus::Serving)
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let mut services = Services {
         routes: RoutesBuilder::default(),
