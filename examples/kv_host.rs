@@ -33,7 +33,7 @@ async fn start() -> Client {
 async fn reattach(state: &str) -> Client {
     let raw = std::fs::read_to_string(state).unwrap_or_else(|e| fail(format!("{state}: {e}")));
     let cfg: ReattachConfig =
-        serde_json::from_str(&raw).unwrap_or_else(|e| fail(format!("{state}: {e}")));
+        ReattachConfig::from_json(&raw).unwrap_or_else(|e| fail(format!("{state}: {e}")));
     Client::reattach(&cfg).await.unwrap_or_else(|e| fail(e))
 }
 

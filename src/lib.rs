@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod client;
 pub mod controller;
+pub(crate) mod gojson;
 pub mod handshake;
 pub mod hclog;
 pub mod mux;

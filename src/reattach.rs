@@ -38,6 +38,14 @@ pub struct ReattachConfig {
     pub tls: Option<ReattachTls>,
 }
 
+impl ReattachConfig {
+    /// Parses a reattach record as Go's `encoding/json` would (Nomad writes it with Go: keys
+    /// match field names case-insensitively, the last of two wins, unknown keys are ignored).
+    pub fn from_json(json: &str) -> Result<ReattachConfig, serde_json::Error> {
+        crate::gojson::from_str(json)
+    }
+}
+
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }
@@ -158,6 +166,21 @@ mod tests {
         assert_eq!(cfg.pid, 4242);
         assert_eq!(cfg.network, "unix");
         assert_eq!(serde_json::to_string(&cfg).unwrap(), nomad);
+    }
+
+    #[test]
+    fn reads_keys_as_gos_decoder_does() {
+        let odd =
+            r#"{"protocol":"grpc","NETWORK":"unix","addr":"/a","Addr":"/b","pid":7,"Extra":1}"#;
+        let cfg = ReattachConfig::from_json(odd).unwrap();
+        assert_eq!(
+            (cfg.network.as_str(), cfg.addr.as_str(), cfg.pid),
+            ("unix", "/b", 7)
+        );
+        assert!(
+            ReattachConfig::from_json(r#"{"Protocol":"grpc"}"#).is_err(),
+            "Addr is required"
+        );
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub fn load_state(base: &Path, name: &str) -> Result<TaskState, AgentError> {
         name: name.to_string(),
         path: path.clone(),
     })?;
-    serde_json::from_str(&raw).map_err(|e| AgentError::BadState {
+    crate::gojson::from_str(&raw).map_err(|e| AgentError::BadState {
         path,
         reason: e.to_string(),
     })

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// Root of the cgroup filesystems.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// v1 controllers a task cgroup uses.
-pub const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "cpuset", "pids"];
+/// v1 controllers a cgroup of our own uses (outside Nomad: `goplugin run`).
+pub const V1_CONTROLLERS: [&str; 6] = ["freezer", "memory", "cpu", "cpuacct", "cpuset", "pids"];
 
 /// Errors of cgroup handling; each names the file and the value.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum CgroupError {
 }
 
 /// Which cgroup hierarchy this host runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupMode {
     /// The unified hierarchy at [`CGROUP_ROOT`] with its controllers.
     V2,
@@ -138,12 +138,24 @@ pub struct Limits {
     pub cpuset_cpus: Option<String>,
 }
 
-/// One task's cgroup(s): a directory per v1 controller, or one v2 directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One task's cgroups: the directories its process joins, the one that lists its processes,
+/// the memory and freezer directories (OOM, freeze-and-kill) and which of them this executor
+/// created (and so removes). Built by [`TaskCgroup::create`] for cgroups of our own, or by
+/// [`TaskCgroup::existing`] for directories a Nomad agent made.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TaskCgroup {
-    mode: CgroupMode,
-    /// v1: (controller, dir); v2: ("", dir).
-    dirs: Vec<(String, PathBuf)>,
+    mode: Option<CgroupMode>,
+    /// (controller, directory) pairs whose `cgroup.procs` the task's process writes itself
+    /// into; the controller is "" on v2.
+    join: Vec<(String, PathBuf)>,
+    /// The directory whose `cgroup.procs` lists the task's processes.
+    stats: Option<PathBuf>,
+    /// The memory (v1) or unified (v2) directory: limits and OOM events.
+    memory: Option<PathBuf>,
+    /// The freezer (v1) directory, for freezing before the kill.
+    freezer: Option<PathBuf>,
+    /// Directories this executor created, deepest last.
+    owned: Vec<PathBuf>,
 }
 
 fn write(path: PathBuf, value: impl Into<String>) -> Result<(), CgroupError> {
@@ -165,54 +177,162 @@ fn create_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Which directories of an agent-made task cgroup play which part.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExistingDirs {
+    /// (controller, directory) pairs joined by the task ("" on v2).
+    pub join: Vec<(String, PathBuf)>,
+    /// Lists the task's processes.
+    pub stats: Option<PathBuf>,
+    /// v1 memory or v2 unified directory.
+    pub memory: Option<PathBuf>,
+    /// v1 freezer directory.
+    pub freezer: Option<PathBuf>,
+}
+
 impl TaskCgroup {
-    /// Creates `<root>/<controller>/<relative>` for each v1 controller, or `<root>/<relative>` on
-    /// v2, and applies `limits`. `root` is [`CGROUP_ROOT`] outside tests.
+    /// Creates `<root>/<controller>/<relative>` for each v1 controller of `controllers` that
+    /// the host mounts, or `<root>/<relative>` on v2, and applies `limits`. Everything created
+    /// is owned: removed by [`TaskCgroup::remove`]. `root` is [`CGROUP_ROOT`] outside tests.
     pub fn create(
         mode: CgroupMode,
         root: &Path,
         relative: &str,
+        controllers: &[&str],
         limits: &Limits,
     ) -> Result<TaskCgroup, CgroupError> {
         let relative = relative.trim_start_matches('/');
-        let dirs: Vec<(String, PathBuf)> = match mode {
-            CgroupMode::V1 => V1_CONTROLLERS
+        let dirs: Vec<(&str, PathBuf)> = match mode {
+            CgroupMode::V1 => controllers
                 .iter()
                 .filter(|c| root.join(c).is_dir())
-                .map(|c| (c.to_string(), root.join(c).join(relative)))
+                .map(|c| (*c, root.join(c).join(relative)))
                 .collect(),
-            CgroupMode::V2 => vec![(String::new(), root.join(relative))],
+            CgroupMode::V2 => vec![("", root.join(relative))],
             CgroupMode::Off => Vec::new(),
         };
-        let cg = TaskCgroup { mode, dirs };
-        for (controller, dir) in &cg.dirs {
-            create_dir(dir)?;
-            if controller == "cpuset" {
-                inherit_cpuset(dir)?;
+        let by = |name: &str| {
+            dirs.iter()
+                .find(|(c, _)| *c == name || c.is_empty())
+                .map(|(_, d)| d.clone())
+        };
+        let cg = TaskCgroup {
+            mode: Some(mode),
+            join: dirs
+                .iter()
+                .map(|(c, d)| (c.to_string(), d.clone()))
+                .collect(),
+            stats: by("freezer")
+                .or_else(|| by("pids"))
+                .or_else(|| by("memory"))
+                .or_else(|| dirs.first().map(|(_, d)| d.clone())),
+            memory: by("memory"),
+            freezer: by("freezer").filter(|_| mode == CgroupMode::V1),
+            owned: Vec::new(),
+        };
+        let mut cg = cg;
+        for (controller, dir) in &dirs {
+            // Record before creating, so a failure part-way still removes what was made.
+            if !dir.exists() {
+                cg.owned.push(dir.clone());
+            }
+            if let Err(e) = create_dir(dir) {
+                let _ = cg.remove();
+                return Err(e);
+            }
+            if *controller == "cpuset" {
+                if let Err(e) = inherit_cpuset(dir) {
+                    let _ = cg.remove();
+                    return Err(e);
+                }
             }
         }
-        cg.apply(limits)?;
+        if let Err(e) = cg.apply(limits) {
+            let _ = cg.remove();
+            return Err(e);
+        }
         Ok(cg)
     }
 
-    fn dir(&self, controller: &str) -> Option<&Path> {
-        self.dirs
-            .iter()
-            .find(|(c, _)| c == controller || (self.mode == CgroupMode::V2 && c.is_empty()))
-            .map(|(_, d)| d.as_path())
+    /// Directories someone else made (a Nomad 1.7+ agent's `/nomad/<alloc>.<task>`): joined,
+    /// measured and killed through, never removed.
+    pub fn existing(mode: CgroupMode, dirs: ExistingDirs) -> TaskCgroup {
+        TaskCgroup {
+            mode: Some(mode),
+            join: dirs.join,
+            stats: dirs.stats,
+            memory: dirs.memory,
+            freezer: dirs.freezer,
+            owned: Vec::new(),
+        }
+    }
+
+    /// The same cgroup with nothing owned: kept when the task ends.
+    pub fn disowned(mut self) -> TaskCgroup {
+        self.owned.clear();
+        self
+    }
+
+    /// Writes limits as Nomad's universal executor writes them into the agent's cgroups: every
+    /// file tried, failures logged and ignored (v1: the hard limit always, `-1` for none; the
+    /// soft limit when set; swappiness 0 where the kernel has it).
+    pub fn apply_best_effort(&self, l: &Limits) {
+        let try_write = |dir: &Path, file: &str, value: String| {
+            if let Err(e) = write(dir.join(file), value) {
+                tracing::warn!(error = %e, "cgroup limit not written");
+            }
+        };
+        match self.mode {
+            Some(CgroupMode::V1) => {
+                if let Some(mem) = &self.memory {
+                    let hard = l.memory_hard.map_or("-1".to_string(), |b| b.to_string());
+                    try_write(mem, "memory.limit_in_bytes", hard);
+                    if let Some(soft) = l.memory_soft {
+                        try_write(mem, "memory.soft_limit_in_bytes", soft.to_string());
+                    }
+                    if mem.join("memory.swappiness").exists() {
+                        try_write(mem, "memory.swappiness", "0".into());
+                    }
+                }
+                if let (Some(cpu), Some(shares)) = (self.joined("cpu"), l.cpu_shares) {
+                    try_write(cpu, "cpu.shares", shares.to_string());
+                }
+                if let (Some(cpuset), Some(cpus)) = (self.joined("cpuset"), &l.cpuset_cpus) {
+                    try_write(cpuset, "cpuset.cpus", cpus.clone());
+                }
+            }
+            Some(CgroupMode::V2) => {
+                if let Err(e) = self.apply_v2(l) {
+                    tracing::warn!(error = %e, "cgroup limit not written");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether this executor created (and will remove) any of the directories.
+    pub fn is_owned(&self) -> bool {
+        !self.owned.is_empty()
     }
 
     /// Writes the limits into the control files of this cgroup's hierarchy.
     pub fn apply(&self, limits: &Limits) -> Result<(), CgroupError> {
         match self.mode {
-            CgroupMode::V1 => self.apply_v1(limits),
-            CgroupMode::V2 => self.apply_v2(limits),
-            CgroupMode::Off => Ok(()),
+            Some(CgroupMode::V1) => self.apply_v1(limits),
+            Some(CgroupMode::V2) => self.apply_v2(limits),
+            _ => Ok(()),
         }
     }
 
+    fn joined(&self, controller: &str) -> Option<&Path> {
+        self.join
+            .iter()
+            .find(|(c, _)| c == controller)
+            .map(|(_, d)| d.as_path())
+    }
+
     fn apply_v1(&self, l: &Limits) -> Result<(), CgroupError> {
-        if let Some(mem) = self.dir("memory") {
+        if let Some(mem) = &self.memory {
             if let Some(hard) = l.memory_hard {
                 write(mem.join("memory.limit_in_bytes"), hard.to_string())?;
             }
@@ -220,17 +340,17 @@ impl TaskCgroup {
                 write(mem.join("memory.soft_limit_in_bytes"), soft.to_string())?;
             }
         }
-        if let (Some(cpu), Some(shares)) = (self.dir("cpu"), l.cpu_shares) {
+        if let (Some(cpu), Some(shares)) = (self.joined("cpu"), l.cpu_shares) {
             write(cpu.join("cpu.shares"), shares.to_string())?;
         }
-        if let (Some(cpuset), Some(cpus)) = (self.dir("cpuset"), &l.cpuset_cpus) {
+        if let (Some(cpuset), Some(cpus)) = (self.joined("cpuset"), &l.cpuset_cpus) {
             write(cpuset.join("cpuset.cpus"), cpus.clone())?;
         }
         Ok(())
     }
 
     fn apply_v2(&self, l: &Limits) -> Result<(), CgroupError> {
-        let Some(dir) = self.dir("") else {
+        let Some(dir) = &self.memory else {
             return Ok(());
         };
         let has = |file: &str| dir.join(file).exists();
@@ -251,9 +371,10 @@ impl TaskCgroup {
         Ok(())
     }
 
-    /// Moves `pid` into every directory of this cgroup (from the child before exec, or after).
+    /// Moves `pid` into every directory the task joins (after the fork; the child itself
+    /// writes [`TaskCgroup::procs_files`] before exec).
     pub fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {
-        for (_, dir) in &self.dirs {
+        for (_, dir) in &self.join {
             write(dir.join("cgroup.procs"), pid.to_string())?;
         }
         Ok(())
@@ -261,19 +382,17 @@ impl TaskCgroup {
 
     /// The control files a forked child writes its own pid to (`0` means "myself").
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs
+        self.join
             .iter()
             .map(|(_, d)| d.join("cgroup.procs"))
             .collect()
     }
 
-    /// Every pid in the cgroup (v1: the pids or memory hierarchy).
+    /// Every pid in the task's cgroup.
     pub fn pids(&self) -> Vec<u32> {
-        let dir = self
-            .dir("pids")
-            .or_else(|| self.dir("memory"))
-            .or_else(|| self.dirs.first().map(|(_, d)| d.as_path()));
-        let Some(dir) = dir else { return Vec::new() };
+        let Some(dir) = &self.stats else {
+            return Vec::new();
+        };
         fs::read_to_string(dir.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
@@ -290,37 +409,72 @@ impl TaskCgroup {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0)
         };
+        let Some(mem) = &self.memory else {
+            return false;
+        };
         match self.mode {
-            CgroupMode::V1 => self
-                .dir("memory")
-                .is_some_and(|d| counter(&read(d.join("memory.oom_control")), "oom_kill ") > 0),
-            CgroupMode::V2 => self
-                .dir("")
-                .is_some_and(|d| counter(&read(d.join("memory.events")), "oom_kill ") > 0),
-            CgroupMode::Off => false,
+            Some(CgroupMode::V1) => counter(&read(mem.join("memory.oom_control")), "oom_kill ") > 0,
+            Some(CgroupMode::V2) => counter(&read(mem.join("memory.events")), "oom_kill ") > 0,
+            _ => false,
         }
     }
 
-    /// SIGKILLs every process in the cgroup, repeating until it is empty (bounded).
+    /// SIGKILLs every process in the cgroup until it is empty (bounded): frozen first where a
+    /// freezer exists, so nothing forks away between reading the list and the kill, as Nomad's
+    /// group killer does; `cgroup.kill` on v2 when the kernel has it.
     pub fn kill_all(&self) {
-        for _ in 0..50 {
+        let kill_file = self.stats.as_ref().map(|d| d.join("cgroup.kill"));
+        if let Some(kill) = kill_file.filter(|k| k.exists()) {
+            let _ = fs::write(kill, "1");
+        }
+        let frozen = self.freeze();
+        for round in 0..100 {
             let pids = self.pids();
             if pids.is_empty() {
-                return;
+                break;
             }
             for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = super::signals::kill_pid(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            if frozen && round == 0 {
+                // SIGKILL is delivered once the cgroup thaws.
+                self.thaw();
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        if frozen {
+            self.thaw();
+        }
     }
 
-    /// Removes the directories (they must be empty of processes).
+    fn freeze(&self) -> bool {
+        let Some(state) = self.freezer.as_ref().map(|d| d.join("freezer.state")) else {
+            return false;
+        };
+        if fs::write(&state, "FROZEN").is_err() {
+            return false;
+        }
+        for _ in 0..100 {
+            match fs::read_to_string(&state) {
+                Ok(s) if s.trim() == "FROZEN" => return true,
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(_) => return false,
+            }
+        }
+        // Still FREEZING after 100 ms: kill anyway, thawing after the first round.
+        true
+    }
+
+    fn thaw(&self) {
+        if let Some(dir) = &self.freezer {
+            let _ = fs::write(dir.join("freezer.state"), "THAWED");
+        }
+    }
+
+    /// Removes the directories this executor created (they must be empty of processes);
+    /// directories made by someone else stay.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        for (_, dir) in &self.dirs {
+        for dir in self.owned.iter().rev() {
             match fs::remove_dir(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -413,7 +567,14 @@ mod tests {
             cpu_shares: Some(512),
             cpuset_cpus: None,
         };
-        let cg = TaskCgroup::create(CgroupMode::V1, Path::new(CGROUP_ROOT), &rel, &limits).unwrap();
+        let cg = TaskCgroup::create(
+            CgroupMode::V1,
+            Path::new(CGROUP_ROOT),
+            &rel,
+            &V1_CONTROLLERS,
+            &limits,
+        )
+        .unwrap();
         let mem = Path::new(CGROUP_ROOT).join("memory").join(&rel);
         let read = |f: &str| fs::read_to_string(mem.join(f)).unwrap().trim().to_string();
         assert_eq!(read("memory.limit_in_bytes"), (64u64 << 20).to_string());

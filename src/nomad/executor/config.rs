@@ -1,6 +1,8 @@
-//! The executor's argv JSON (spec nomad-executor-logmon.md §3.1): `nomad executor <json>` gets
-//! `{"LogFile","LogLevel","FSIsolation","Compute":{"tc","nc"}}` with Go's field names; unknown
-//! keys (e.g. an older agent's `CpuTotalTicks`) are ignored.
+//! The executor's argv JSON (spec nomad-executor-logmon.md §3.1, nomad-versions.md §1.1):
+//! `nomad executor <json>` gets `{"LogFile","LogLevel","FSIsolation",…}` plus, from a Nomad 1.7+
+//! agent, `"Compute":{"tc","nc"}` or, from a 1.6 agent, `"CpuTotalTicks":<MHz>`. Decoded with
+//! Go's rules (keys case-insensitive, last one wins, unknown keys ignored), as Nomad's executor
+//! decodes it: `{"fsisolation":true}` asks for isolation there, so it does here too.
 
 use serde::Deserialize;
 
@@ -44,9 +46,12 @@ pub struct ExecutorConfig {
     /// `true` asks for the isolated (libcontainer) executor.
     #[serde(rename = "FSIsolation", default)]
     pub fs_isolation: bool,
-    /// Node CPU capacity, for CPU%-to-MHz conversion and share clamping.
+    /// Node CPU capacity, for CPU%-to-MHz conversion and share clamping (Nomad 1.7+).
     #[serde(rename = "Compute", default)]
     pub compute: Compute,
+    /// Total MHz of the node as a Nomad 1.6 agent sends it (no core count).
+    #[serde(rename = "CpuTotalTicks", default)]
+    pub cpu_total_ticks: Option<u64>,
 }
 
 impl ExecutorConfig {
@@ -55,9 +60,22 @@ impl ExecutorConfig {
         let [json] = args else {
             return Err(ConfigError::Missing { count: args.len() });
         };
-        let cfg: ExecutorConfig = serde_json::from_slice(json.as_encoded_bytes())?;
+        let cfg: ExecutorConfig = crate::gojson::from_slice(json.as_encoded_bytes())?;
         cfg.filter_directive()?;
         Ok(cfg)
+    }
+
+    /// The CPU capacity to convert percent into MHz with: `Compute` when given; else a 1.6
+    /// agent's `CpuTotalTicks` over this process's CPU count, which is what Nomad 1.6's executor
+    /// divides by (`runtime.NumCPU()`).
+    pub fn effective_compute(&self) -> Compute {
+        match self.cpu_total_ticks {
+            Some(total_mhz) if self.compute == Compute::default() => Compute {
+                total_mhz,
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get() as i64),
+            },
+            _ => self.compute,
+        }
     }
 
     /// The `tracing` filter directive for `LogLevel` (empty means Nomad's default, `debug`).
@@ -93,6 +111,41 @@ mod tests {
             }
         );
         assert_eq!(cfg.filter_directive().unwrap(), "debug");
+    }
+
+    #[test]
+    fn a_nomad_16_agents_cpu_total_ticks_is_divided_by_this_hosts_cores() {
+        let json =
+            r#"{"LogFile":"/x","LogLevel":"debug","FSIsolation":false,"CpuTotalTicks":4600}"#;
+        let cfg = ExecutorConfig::from_args(&[OsString::from(json)]).unwrap();
+        let c = cfg.effective_compute();
+        assert_eq!(c.total_mhz, 4600);
+        assert_eq!(
+            c.cores as usize,
+            std::thread::available_parallelism().unwrap().get()
+        );
+        let none = ExecutorConfig::from_args(&[OsString::from("{}")]).unwrap();
+        assert_eq!(none.effective_compute(), Compute::default());
+    }
+
+    /// Go's decoder matches keys case-insensitively: a task asking for isolation in any casing
+    /// must not get the universal executor.
+    #[test]
+    fn keys_are_matched_as_go_matches_them() {
+        for json in [
+            r#"{"fsisolation":true}"#,
+            r#"{"FSISOLATION":true}"#,
+            r#"{"fsIsolation":true}"#,
+            r#"{"FSIsolation":false,"fsisolation":true}"#,
+        ] {
+            let cfg = ExecutorConfig::from_args(&[OsString::from(json)]).unwrap();
+            assert!(cfg.fs_isolation, "{json}");
+        }
+        let cfg =
+            ExecutorConfig::from_args(&[r#"{"compute":{"TC":10,"NC":2},"logfile":"/l"}"#.into()])
+                .unwrap();
+        assert_eq!((cfg.compute.total_mhz, cfg.compute.cores), (10, 2));
+        assert_eq!(cfg.log_file, "/l");
     }
 
     #[test]

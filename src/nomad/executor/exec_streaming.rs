@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::cgroups::{self, CgroupMode};
 use super::service::{resolve_exec, task_command, Task};
+use super::signals::kill_pid;
 use crate::proto::drivers::exec_task_streaming_request::TerminalSize;
 use crate::proto::drivers::{
     ExecTaskStreamingIoOperation, ExecTaskStreamingRequest, ExecTaskStreamingResponse, ExitResult,
@@ -136,7 +136,7 @@ async fn run_pipes(
     mut inbound: Streaming<ExecTaskStreamingRequest>,
     tx: Out,
 ) {
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     let out = child
         .stdout
         .take()
@@ -172,7 +172,9 @@ async fn run_pipes(
     tokio::select! {
         _ = outputs => {}
         _ = tx.closed() => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            if let Some(pid) = pid {
+                let _ = kill_pid(pid, Signal::SIGKILL);
+            }
         }
     }
     let code = exit_code(child.wait().await);
@@ -199,7 +201,7 @@ async fn run_tty(
     mut inbound: Streaming<ExecTaskStreamingRequest>,
     tx: Out,
 ) {
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     // The pty master is read and written with blocking calls on their own threads.
     let reader_fd = master.try_clone();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(16);
@@ -252,7 +254,9 @@ async fn run_tty(
     let lead = tokio::select! {
         status = child.wait() => status,
         _ = tx.closed() => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            if let Some(pid) = pid {
+                let _ = kill_pid(pid, Signal::SIGKILL);
+            }
             child.wait().await
         }
     };

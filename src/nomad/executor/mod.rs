@@ -5,6 +5,7 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod containment;
 mod exec_streaming;
 pub mod lookup;
 pub mod procstats;
@@ -49,7 +50,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
             return 1;
         }
     };
-    let executor = service::ExecutorService::new(cfg.compute);
+    let executor = service::ExecutorService::new(cfg.effective_compute());
     let registered = executor.clone();
     let served = runtime.block_on(
         Server::new(super::handshake())

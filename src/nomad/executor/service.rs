@@ -8,19 +8,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::cgroups::{self, CgroupMode, Limits, TaskCgroup};
+use super::cgroups::{self, CgroupMode, TaskCgroup};
 use super::config::Compute;
+use super::containment::{self, Host};
 use super::exec_streaming;
 use super::procstats::{descendants, StatsTracker};
-use super::signals::parse_shutdown_signal;
+use super::signals::{kill_group, kill_pid, parse_shutdown_signal};
 use super::spawn::{ChildSetup, Identity};
 use super::{lookup, EXECUTOR_VERSION};
-use crate::proto::drivers::{ExecTaskStreamingRequest, ExecTaskStreamingResponse, Resources};
+use crate::proto::drivers::{ExecTaskStreamingRequest, ExecTaskStreamingResponse};
 use crate::proto::executor::executor_server::Executor;
 use crate::proto::executor::*;
 
@@ -71,6 +71,8 @@ impl Task {
 pub struct ExecutorService {
     compute: Compute,
     task: Arc<Mutex<Option<Arc<Task>>>>,
+    /// Held for the whole of a Launch, so two racing Launches cannot both spawn.
+    launching: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ExecutorService {
@@ -79,14 +81,16 @@ impl ExecutorService {
         Self {
             compute,
             task: Arc::default(),
+            launching: Arc::default(),
         }
     }
 
-    /// Removes the task cgroup this executor created, if nothing runs in it any more: for when
-    /// the executor ends (the host's `Kill`) without a `Shutdown` of the task.
+    /// Removes the task cgroups this executor created, if nothing runs in them any more: for
+    /// when the executor ends (the host's `Kill`) without a `Shutdown` of the task. A task still
+    /// running keeps its cgroups; a later executor removes them once it is gone.
     pub fn cleanup(&self) {
         if let Some(task) = self.current() {
-            if let Some(cg) = &task.cgroup {
+            if let Some(cg) = task.cgroup.as_ref().filter(|cg| cg.is_owned()) {
                 if cg.pids().is_empty() {
                     let _ = cg.remove();
                 }
@@ -138,61 +142,23 @@ async fn open_output(path: &str) -> Result<std::process::Stdio, Status> {
     Ok(file.into())
 }
 
-fn limits_of(resources: Option<&Resources>) -> Limits {
-    let Some(r) = resources else {
-        return Limits::default();
-    };
-    let alloc = r.allocated_resources.as_ref();
-    let mem = alloc.and_then(|a| a.memory.as_ref());
-    let (hard, soft) = cgroups::memory_limits(
-        mem.map_or(0, |m| m.memory_mb),
-        mem.map_or(0, |m| m.memory_max_mb),
-    );
-    let linux = r.linux_resources.as_ref();
-    let shares = linux
-        .map(|l| l.cpu_shares)
-        .filter(|s| *s > 0)
-        .or_else(|| alloc.and_then(|a| a.cpu.as_ref()).map(|c| c.cpu_shares))
-        .filter(|s| *s > 0)
-        .map(|s| s as u64);
-    Limits {
-        memory_hard: hard,
-        memory_soft: soft,
-        cpu_shares: shares,
-        cpuset_cpus: linux
-            .map(|l| l.cpuset_cpus.clone())
-            .filter(|c| !c.is_empty()),
+/// Removes the cgroups a Launch made unless the Launch got as far as a running task.
+struct CreatedCgroup(Option<TaskCgroup>);
+
+impl CreatedCgroup {
+    fn keep(mut self) {
+        self.0 = None;
     }
 }
 
-/// The task's cgroup: the raw_exec override when given, else one of our own per executor
-/// (`goplugin/<executor pid>` under each v1 controller, `goplugin.slice/<pid>.scope` on v2).
-fn task_cgroup(req: &LaunchRequest) -> Result<Option<TaskCgroup>, Status> {
-    let mode = cgroups::detect_mode();
-    let root = Path::new(cgroups::CGROUP_ROOT);
-    let limits = limits_of(req.resources.as_ref());
-    let created = match mode {
-        CgroupMode::Off => return Ok(None),
-        _ if !nix::unistd::geteuid().is_root() => return Ok(None),
-        CgroupMode::V2 if !req.cgroup_v2_override.is_empty() => {
-            TaskCgroup::create(mode, Path::new("/"), &req.cgroup_v2_override, &limits)
+impl Drop for CreatedCgroup {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take().filter(TaskCgroup::is_owned) {
+            if let Err(e) = cg.remove() {
+                tracing::warn!("{e}");
+            }
         }
-        CgroupMode::V2 => TaskCgroup::create(
-            mode,
-            root,
-            &format!("goplugin.slice/{}.scope", std::process::id()),
-            &limits,
-        ),
-        CgroupMode::V1 => TaskCgroup::create(
-            mode,
-            root,
-            &format!("goplugin/{}", std::process::id()),
-            &limits,
-        ),
-    };
-    created
-        .map(Some)
-        .map_err(|e| unknown(format!("unable to configure cgroups: {e}")))
+    }
 }
 
 fn exit_of(status: std::process::ExitStatus) -> (i32, i32) {
@@ -264,6 +230,9 @@ impl Executor for ExecutorService {
         request: Request<LaunchRequest>,
     ) -> Result<Response<LaunchResponse>, Status> {
         let req = request.into_inner();
+        let Ok(_launching) = self.launching.try_lock() else {
+            return Err(unknown("another Launch of this executor is in progress"));
+        };
         if self.current().is_some() {
             return Err(unknown("this executor has already launched a task"));
         }
@@ -279,7 +248,9 @@ impl Executor for ExecutorService {
             .find(|d| !d.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| "/".into()));
-        let cgroup = task_cgroup(&req)?;
+        let cgroup = containment::task_cgroup(&req, &Host::detect()).map_err(unknown)?;
+        // Whatever fails from here on removes the cgroups this Launch made.
+        let made = CreatedCgroup(cgroup.clone());
         let stdout = open_output(&req.stdout_path).await?;
         let stderr = open_output(&req.stderr_path).await?;
         let partial = Task {
@@ -299,7 +270,10 @@ impl Executor for ExecutorService {
         let mut child = tokio::process::Command::from(cmd)
             .spawn()
             .map_err(|e| unknown(format!("failed to launch command {}: {e}", bin.display())))?;
-        let pid = child.id().unwrap_or(0);
+        let Some(pid) = child.id() else {
+            return Err(unknown("the task exited before its pid could be read"));
+        };
+        made.keep();
         let (state_tx, state) = watch::channel(None);
         let cgroup_for_oom = partial.cgroup.clone();
         tokio::spawn(async move {
@@ -342,20 +316,20 @@ impl Executor for ExecutorService {
         let Some(task) = self.current() else {
             return Ok(Response::new(ShutdownResponse {}));
         };
-        let pid = Pid::from_raw(task.pid as i32);
         let grace = Duration::from_nanos(req.grace_period.max(0) as u64);
         if task.exited().is_none() && !grace.is_zero() {
             if let Some(sig) = signal {
-                let _ = kill(pid, sig);
+                let _ = kill_pid(task.pid, sig);
             }
             let _ = tokio::time::timeout(grace, task.wait()).await;
         }
         if task.exited().is_none() {
-            let _ = kill(pid, Signal::SIGKILL);
+            let _ = kill_pid(task.pid, Signal::SIGKILL);
         }
-        // The whole process group, then whatever else is left in the cgroup: no orphans.
-        let _ = kill(Pid::from_raw(-(task.pid as i32)), Signal::SIGKILL);
-        if let Some(cg) = task.cgroup.clone() {
+        // The whole process group, then whatever is left in a cgroup this executor made (Nomad
+        // 1.6's group killer; a 1.7+ agent freezes and kills its own cgroups itself).
+        let _ = kill_group(task.pid, Signal::SIGKILL);
+        if let Some(cg) = task.cgroup.clone().filter(TaskCgroup::is_owned) {
             tokio::task::spawn_blocking(move || cg.kill_all())
                 .await
                 .map_err(unknown)?;
@@ -427,8 +401,7 @@ impl Executor for ExecutorService {
         let n = request.into_inner().signal;
         let task = self.current().ok_or_else(|| unknown("Task not yet run"))?;
         let sig = Signal::try_from(n).map_err(|_| unknown(format!("invalid signal {n}")))?;
-        kill(Pid::from_raw(task.pid as i32), sig)
-            .map_err(|e| unknown(format!("signalling pid {}: {e}", task.pid)))?;
+        kill_pid(task.pid, sig).map_err(unknown)?;
         Ok(Response::new(SignalResponse {}))
     }
 
@@ -454,7 +427,7 @@ impl Executor for ExecutorService {
         let mut child = tokio::process::Command::from(cmd)
             .spawn()
             .map_err(|e| unknown(format!("failed to start {}: {e}", bin.display())))?;
-        let pid = child.id().unwrap_or(0);
+        let pid = child.id();
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let mut out = Vec::new();
@@ -479,7 +452,9 @@ impl Executor for ExecutorService {
             },
             Ok(Err(e)) => return Err(unknown(e)),
             Err(_) => {
-                let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+                if let Some(pid) = pid {
+                    let _ = kill_group(pid, Signal::SIGKILL);
+                }
                 let _ = child.wait().await;
                 -1
             }

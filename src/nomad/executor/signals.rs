@@ -1,5 +1,6 @@
 //! Signal names as Nomad's executor accepts them for `Shutdown` (spec nomad-executor-logmon.md
-//! §5.3: consul-template's table, case-sensitive; empty means SIGINT).
+//! §5.3: consul-template's table, case-sensitive; empty means SIGINT), and the only ways the
+//! executor signals a pid or a process group: never pid 0 or 1.
 
 use nix::sys::signal::Signal;
 
@@ -46,6 +47,52 @@ pub fn parse_shutdown_signal(name: &str) -> Result<Option<Signal>, SignalError> 
     Ok(Some(sig))
 }
 
+/// Errors signalling a process.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// A pid that would not name one process (0 is the caller's own process group, 1 is init,
+    /// and as a group they mean everything or nothing).
+    #[error("refusing to signal pid {pid}: not a task process")]
+    InvalidPid {
+        /// The pid asked for.
+        pid: u32,
+    },
+    /// The kernel refused.
+    #[error("signalling pid {pid}: {source}")]
+    Kill {
+        /// The pid (negative: a process group).
+        pid: i64,
+        /// The errno.
+        source: nix::Error,
+    },
+}
+
+fn checked(pid: u32) -> Result<i32, KillError> {
+    match i32::try_from(pid) {
+        Ok(p) if p > 1 => Ok(p),
+        _ => Err(KillError::InvalidPid { pid }),
+    }
+}
+
+/// Sends `sig` to one process; refuses pids 0 and 1 (and any that do not fit a pid_t).
+pub fn kill_pid(pid: u32, sig: Signal) -> Result<(), KillError> {
+    let p = checked(pid)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig).map_err(|source| KillError::Kill {
+        pid: p.into(),
+        source,
+    })
+}
+
+/// Sends `sig` to the process group led by `pid` (`kill(-pid)`); refuses pids 0 and 1, which
+/// would signal the caller's own group or every process.
+pub fn kill_group(pid: u32, sig: Signal) -> Result<(), KillError> {
+    let p = checked(pid)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(-p), sig).map_err(|source| KillError::Kill {
+        pid: -i64::from(p),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +108,19 @@ mod tests {
             "error unknown signal given for shutdown: sigterm"
         );
         assert!(parse_shutdown_signal("SIGRTMIN").is_err());
+    }
+
+    #[test]
+    fn pids_that_are_not_one_task_process_are_refused() {
+        for pid in [0, 1, u32::MAX, i32::MAX as u32 + 1] {
+            assert!(matches!(
+                kill_group(pid, Signal::SIGKILL),
+                Err(KillError::InvalidPid { .. })
+            ));
+            assert!(matches!(
+                kill_pid(pid, Signal::SIGKILL),
+                Err(KillError::InvalidPid { .. })
+            ));
+        }
     }
 }
