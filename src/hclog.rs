@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::fs::File;
 use std::io::{self, Write};
 use std::panic::{Location, PanicHookInfo};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
@@ -86,7 +85,7 @@ fn lock_sink(sink: &SharedSink) -> MutexGuard<'_, Box<dyn Write + Send>> {
 
 /// The host's log pipe: the real stderr even after [`crate::stdio::capture`] moved fd 2, so
 /// log lines never land in the mirrored stderr stream, whichever was set up first.
-fn dup_stderr() -> Result<File, HclogError> {
+fn dup_stderr() -> Result<crate::stdio::OriginalStderr, HclogError> {
     crate::stdio::original_stderr().map_err(|source| HclogError::DupStderr { source })
 }
 

@@ -42,7 +42,6 @@ pub enum StdioError {
 
 struct Captured {
     original_stdout: OwnedFd,
-    original_stderr: OwnedFd,
     stdout_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<StdioData>>>,
     stderr_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<StdioData>>>,
     stderr_attached: Arc<AtomicBool>,
@@ -50,6 +49,34 @@ struct Captured {
 
 static CAPTURE: OnceLock<Result<Captured, String>> = OnceLock::new();
 static START: Mutex<()> = Mutex::new(());
+/// The one dup of the real fd 2 that every logger and the stderr tee share, taken before the
+/// capture moves fd 2 (one descriptor where three copies once sat open).
+static REAL_STDERR: Mutex<Option<Arc<File>>> = Mutex::new(None);
+
+/// The real stderr (the host's log pipe), shared: a cheap handle on one descriptor.
+#[derive(Debug, Clone)]
+pub struct OriginalStderr(Arc<File>);
+
+impl Write for OriginalStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+/// The shared dup of fd 2, taken now if nobody took it yet. Called before fd 2 is redirected
+/// (by [`capture`] itself), so it always names the real stderr.
+fn real_stderr() -> io::Result<OriginalStderr> {
+    let mut slot = REAL_STDERR.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = slot.as_ref() {
+        return Ok(OriginalStderr(f.clone()));
+    }
+    let file = Arc::new(File::from(io::stderr().as_fd().try_clone_to_owned()?));
+    *slot = Some(file.clone());
+    Ok(OriginalStderr(file))
+}
 
 fn redirect_err(what: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
     move |e| StdioError::Redirect {
@@ -75,29 +102,25 @@ pub fn capture() -> Result<(), StdioError> {
 fn start_capture() -> Result<Captured, StdioError> {
     let _ = io::stdout().flush();
     let original_stdout = dup_fd(1, "stdout")?;
-    let original_stderr = dup_fd(2, "stderr")?;
+    let tee = real_stderr().map_err(|source| StdioError::Redirect {
+        what: "stderr",
+        source,
+    })?;
     let out_read = redirect(1, "stdout")?;
     let err_read = redirect(2, "stderr")?;
     let (out_tx, out_rx) = mpsc::channel(DEPTH);
     let (err_tx, err_rx) = mpsc::channel(DEPTH);
     let stderr_attached = Arc::new(AtomicBool::new(false));
-    let tee = original_stderr
-        .try_clone()
-        .map_err(|source| StdioError::Redirect {
-            what: "stderr tee",
-            source,
-        })?;
     spawn_pump(out_read, Channel::Stdout, out_tx, None, None);
     spawn_pump(
         err_read,
         Channel::Stderr,
         err_tx,
-        Some(File::from(tee)),
+        Some(tee),
         Some(stderr_attached.clone()),
     );
     Ok(Captured {
         original_stdout,
-        original_stderr,
         stdout_rx: Arc::new(tokio::sync::Mutex::new(out_rx)),
         stderr_rx: Arc::new(tokio::sync::Mutex::new(err_rx)),
         stderr_attached,
@@ -142,7 +165,7 @@ fn spawn_pump(
     read: OwnedFd,
     channel: Channel,
     tx: mpsc::Sender<StdioData>,
-    mut tee: Option<File>,
+    mut tee: Option<OriginalStderr>,
     attached: Option<Arc<AtomicBool>>,
 ) {
     let name = format!("goplugin-{}", channel.as_str_name().to_lowercase());
@@ -202,11 +225,8 @@ pub fn write_handshake(line: &str) -> io::Result<()> {
 
 /// A handle on the real stderr (the host's log pipe), whether or not fd 2 was captured. Loggers
 /// write here so their lines go to the host's log and not into the mirrored stderr stream.
-pub fn original_stderr() -> io::Result<File> {
-    match CAPTURE.get() {
-        Some(Ok(c)) => Ok(File::from(c.original_stderr.try_clone()?)),
-        _ => Ok(File::from(io::stderr().as_fd().try_clone_to_owned()?)),
-    }
+pub fn original_stderr() -> io::Result<OriginalStderr> {
+    real_stderr()
 }
 
 /// Writes `text` straight to the real stderr, bypassing the capture pipe (whose copy could be

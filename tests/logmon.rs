@@ -447,3 +447,36 @@ async fn data_left_in_the_pipe_by_a_killed_logmon_is_kept() {
     );
     second.kill().await;
 }
+
+/// logmon's log lines, the stderr tee and the panic hook share one descriptor on the real
+/// stderr (it once held that file open three times: 25 descriptors against Go's 15 under an
+/// agent).
+#[test]
+fn the_real_stderr_is_held_open_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let err_path = dir.path().join("logmon.err");
+    let mut child = Command::new(BIN)
+        .arg("logmon")
+        .env(nomad::MAGIC_COOKIE_KEY, nomad::MAGIC_COOKIE_VALUE)
+        .env("PLUGIN_PROTOCOL_VERSIONS", "2")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("1|2|unix|"), "{line}");
+    let on_err_file = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| *target == err_path)
+        .count();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(on_err_file, 1, "descriptors on the real stderr");
+}
