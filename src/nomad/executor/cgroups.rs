@@ -474,19 +474,25 @@ impl TaskCgroup {
     /// Removes the directories this executor created (they must be empty of processes);
     /// directories made by someone else stay.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        // Every directory is tried; the first failure is reported.
+        let mut first = None;
         for dir in self.owned.iter().rev() {
             match fs::remove_dir(dir) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) => {}
                 Err(source) => {
-                    return Err(CgroupError::Remove {
+                    first.get_or_insert(CgroupError::Remove {
                         path: dir.clone(),
                         source,
-                    })
+                    });
                 }
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 }
 

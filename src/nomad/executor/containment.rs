@@ -500,6 +500,41 @@ mod tests {
         );
     }
 
+    /// A hierarchy where our cgroup cannot be made (here a file stands where the directory
+    /// must go): a named error, and what was made in the other controllers is removed again.
+    #[test]
+    fn a_cgroup_that_cannot_be_created_is_an_error_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for c in cgroups::V1_CONTROLLERS {
+            std::fs::create_dir_all(root.join(c)).unwrap();
+        }
+        std::fs::write(root.join("memory").join(OWN_PARENT), "not a directory").unwrap();
+        let host = Host {
+            root: root.to_path_buf(),
+            mode: CgroupMode::V1,
+            root_user: true,
+        };
+        let req = LaunchRequest {
+            resources: resources("", 64),
+            ..Default::default()
+        };
+        let e = task_cgroup(&req, &host).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("unable to configure cgroups: creating cgroup")
+                && text.contains("memory/goplugin"),
+            "{text}"
+        );
+        let pid = std::process::id().to_string();
+        for c in cgroups::V1_CONTROLLERS {
+            assert!(
+                !root.join(c).join(OWN_PARENT).join(&pid).exists(),
+                "{c} left behind"
+            );
+        }
+    }
+
     #[test]
     fn without_root_or_cgroups_nothing_is_made() {
         let host = Host {
