@@ -519,9 +519,46 @@ pub fn init_plugin_logging_with<W: Write + Send + 'static>(
     install_global(module, Box::new(writer), filter)
 }
 
+/// Transport crates whose events are per frame or per poll: off unless a directive names them
+/// (Nomad asks its helpers for `debug` and never rotates their log files), and the level their
+/// real problems are reported at otherwise.
+const TRANSPORT_TARGETS: [(&str, &str); 9] = [
+    ("h2", "off"),
+    ("hyper", "off"),
+    ("hyper_util", "off"),
+    ("tower", "off"),
+    ("mio", "off"),
+    ("tonic", "warn"),
+    ("rustls", "warn"),
+    ("tokio_rustls", "warn"),
+    ("yamux", "warn"),
+];
+
+/// `directives` plus the transport defaults for every transport target it does not name.
+fn with_transport_defaults(directives: &str) -> String {
+    let named = |target: &str| {
+        directives.split(',').any(|d| {
+            let d = d.trim();
+            d == target
+                || d.starts_with(&format!("{target}="))
+                || d.starts_with(&format!("{target}::"))
+        })
+    };
+    let mut out = directives.trim().to_string();
+    for (target, level) in TRANSPORT_TARGETS {
+        if !named(target) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&format!("{target}={level}"));
+        }
+    }
+    out
+}
+
 fn parse_filter(directives: &str, origin: &'static str) -> Result<EnvFilter, HclogError> {
     EnvFilter::builder()
-        .parse(directives)
+        .parse(with_transport_defaults(directives))
         .map_err(|source| HclogError::Filter {
             directives: directives.to_string(),
             origin,
@@ -1047,6 +1084,23 @@ fn format_go_plain_timestamp(t: &DateTime<FixedOffset>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn transport_targets_are_off_unless_named() {
+        let d = super::with_transport_defaults("debug");
+        assert!(
+            d.starts_with("debug,") && d.contains("h2=off") && d.contains("yamux=warn"),
+            "{d}"
+        );
+        let d = super::with_transport_defaults("trace,h2=trace,hyper::proto=debug");
+        assert!(d.contains("h2=trace") && !d.contains("h2=off"), "{d}");
+        assert!(
+            !d.contains("hyper=off") && d.contains("hyper_util=off"),
+            "{d}"
+        );
+        assert_eq!(super::with_transport_defaults("").split(',').count(), 9);
+        assert!(super::parse_filter("info", "test").is_ok());
+    }
+
     use super::*;
     use std::process::Command;
 

@@ -554,3 +554,41 @@ fn fs_isolation_is_refused_not_run_unisolated() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("json configuration not provided"));
 }
+
+/// Nomad never rotates `executor.out` and drivers always ask for `debug`: the transport's
+/// per-frame events (h2, hyper, tower) must not land there, or the 1 s Stats stream alone writes
+/// tens of MB a day per task. Only the executor's own lines do.
+#[tokio::test]
+async fn executor_out_at_debug_holds_no_transport_internals() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = launch_executor(dir.path()).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    for _ in 0..50 {
+        exec.version(VersionRequest {}).await.unwrap();
+    }
+    let mut stats = exec
+        .stats(StatsRequest {
+            interval: Duration::from_millis(10).as_nanos() as i64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..20 {
+        stats.message().await.unwrap().unwrap();
+    }
+    drop(stats);
+    client.kill().await;
+    let log = std::fs::read_to_string(dir.path().join("executor.out")).unwrap();
+    // h2's frame events carry a `frame` field and sit in its `Connection` span.
+    let internal: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"frame\":") || l.contains("executor.Connection"))
+        .collect();
+    assert!(
+        internal.is_empty(),
+        "{} transport lines, e.g. {:?}",
+        internal.len(),
+        internal.first()
+    );
+    assert!(log.len() < 16 * 1024, "{} bytes for 70 calls", log.len());
+}
