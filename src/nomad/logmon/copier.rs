@@ -124,7 +124,10 @@ fn copy(fifo: &Path, mut reader: File, stop: OwnedFd, mut rotator: Rotator) {
     loop {
         match wait(&reader, &stop) {
             Ok(Wake::Data) => match reader.read(&mut buf) {
-                Ok(0) => reader = reopen(fifo, reader),
+                Ok(0) => match reopen(fifo, reader, &stop) {
+                    Some(r) => reader = r,
+                    None => return,
+                },
                 Ok(n) => {
                     if !write_all(&mut rotator, &buf[..n], &stop) {
                         return;
@@ -134,13 +137,19 @@ fn copy(fifo: &Path, mut reader: File, stop: OwnedFd, mut rotator: Rotator) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::error!(fifo = %fifo.display(), "reading log fifo: {e}");
-                    reader = reopen(fifo, reader);
+                    match reopen(fifo, reader, &stop) {
+                        Some(r) => reader = r,
+                        None => return,
+                    }
                 }
             },
             Ok(Wake::Hangup) => {
                 // Drain first: a writer may have written and closed at once.
                 drain(&mut reader, &mut buf, &mut rotator, &stop);
-                reader = reopen(fifo, reader);
+                match reopen(fifo, reader, &stop) {
+                    Some(r) => reader = r,
+                    None => return,
+                }
             }
             Ok(Wake::Stop) => {
                 drain(&mut reader, &mut buf, &mut rotator, &stop);
@@ -169,17 +178,31 @@ fn drain(reader: &mut File, buf: &mut [u8], rotator: &mut Rotator, stop: &OwnedF
 }
 
 /// A fresh read end replaces one that saw EOF; the old one closes only afterwards, so the FIFO
-/// always has a reader (writers never get EPIPE, nothing in the pipe is lost).
-fn reopen(fifo: &Path, old: File) -> File {
-    match open_reader(fifo) {
-        Ok(new) => {
-            tracing::trace!(fifo = %fifo.display(), fd = new.as_raw_fd(), "writer closed the fifo; waiting for the next");
-            drop(old);
-            new
-        }
-        Err(e) => {
-            tracing::error!(fifo = %fifo.display(), "reopening log fifo: {e}");
-            old
+/// always has a reader (writers never get EPIPE, nothing in the pipe is lost). When the FIFO
+/// cannot be opened (removed, replaced by something else) the old end stays, and the open is
+/// retried every second instead of spinning on its hang-up; `None` when stopped meanwhile.
+fn reopen(fifo: &Path, old: File, stop: &OwnedFd) -> Option<File> {
+    let mut reported = false;
+    loop {
+        match open_reader(fifo) {
+            Ok(new) => {
+                tracing::trace!(fifo = %fifo.display(), fd = new.as_raw_fd(), "writer closed the fifo; waiting for the next");
+                if reported {
+                    tracing::info!(fifo = %fifo.display(), "log fifo open again");
+                }
+                drop(old);
+                return Some(new);
+            }
+            Err(e) => {
+                if !reported {
+                    tracing::error!(fifo = %fifo.display(), "reopening log fifo: {e}; retrying every second");
+                    reported = true;
+                }
+                let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+                if matches!(poll(&mut fds, PollTimeout::from(1000u16)), Ok(n) if n > 0) {
+                    return None;
+                }
+            }
         }
     }
 }
@@ -281,5 +304,58 @@ mod tests {
         w.write_all(b"after\n").unwrap();
         wait_for(&d.path().join("t.0"), b"before\nbetween\nafter\n");
         c2.stop(Duration::from_secs(2)).await;
+    }
+
+    /// CPU time of this process's threads named `name`, in clock ticks.
+    fn thread_ticks(name: &str) -> u64 {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| t.ok())
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .map(|stat| {
+                let f: Vec<u64> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                // utime and stime, fields 14 and 15 (indices 11 and 12 after the name).
+                f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// The FIFO vanishes while its writer closes: the copier cannot reopen it and must wait
+    /// (it used to spin on the hang-up at 100% CPU), then resume once the FIFO is back.
+    #[tokio::test]
+    async fn a_fifo_that_cannot_be_reopened_is_retried_without_spinning() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join(".spin.stdout.fifo");
+        mkfifo(&fifo);
+        let rot = Rotator::open(d.path(), "spin", 10, 1 << 20).unwrap();
+        let mut c = Copier::start(&fifo, rot).unwrap();
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"one\n").unwrap();
+        wait_for(&d.path().join("spin.0"), b"one\n");
+        std::fs::remove_file(&fifo).unwrap();
+        drop(w);
+        let before = thread_ticks("logmon-copier");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let spent = thread_ticks("logmon-copier") - before;
+        assert!(
+            spent < 20,
+            "copier burnt {spent} ticks in 1.5 s with the fifo gone"
+        );
+        assert!(c.is_running());
+        mkfifo(&fifo);
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"two\n").unwrap();
+        drop(w);
+        wait_for(&d.path().join("spin.0"), b"one\ntwo\n");
+        c.stop(Duration::from_secs(2)).await;
     }
 }
