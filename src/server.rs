@@ -27,7 +27,7 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 
-use crate::broker::{tls_incoming, Broker, BrokerService, Side};
+use crate::broker::{Broker, BrokerService, Side};
 use crate::controller::ControllerService;
 use crate::handshake::{
     env, negotiate, parse_go_bool, HandshakeConfig, HandshakeLine, HostVersions, Protocol,
@@ -38,6 +38,7 @@ use crate::proto::plugin::grpc_controller_server::GrpcControllerServer;
 use crate::proto::plugin::grpc_stdio_server::GrpcStdioServer;
 use crate::stdio::{self, StdioService};
 use crate::tls::{self, Identity, MtlsConfig, PinnedPeers};
+use crate::tls_accept::tls_incoming;
 use crate::transport::{Conn, ListenConfig, Listener, TransportError};
 
 /// How long the plugin waits for the host's one raw connection in multiplexed mode (§9.2).
