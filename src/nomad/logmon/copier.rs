@@ -29,6 +29,8 @@ pub struct Copier {
     done: Option<tokio::sync::oneshot::Receiver<()>>,
     alive: Arc<AtomicBool>,
     fifo: PathBuf,
+    /// The copier thread's kernel id, once it runs (0 before).
+    tid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl Copier {
@@ -40,10 +42,13 @@ impl Copier {
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
         let path = fifo.to_path_buf();
+        let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let own_tid = tid.clone();
         std::thread::Builder::new()
             .name("logmon-copier".into())
             .stack_size(128 * 1024)
             .spawn(move || {
+                own_tid.store(nix::unistd::gettid().as_raw(), Ordering::Release);
                 copy(&path, reader, stop_read, rotator);
                 flag.store(false, Ordering::Release);
                 let _ = done_tx.send(());
@@ -53,7 +58,13 @@ impl Copier {
             done: Some(done),
             alive,
             fifo: fifo.to_path_buf(),
+            tid,
         })
+    }
+
+    /// The copier thread's kernel id (0 until it has started).
+    pub fn thread_id(&self) -> i32 {
+        self.tid.load(Ordering::Acquire)
     }
 
     /// Whether the copier thread still runs.
@@ -306,27 +317,19 @@ mod tests {
         c2.stop(Duration::from_secs(2)).await;
     }
 
-    /// CPU time of this process's threads named `name`, in clock ticks.
-    fn thread_ticks(name: &str) -> u64 {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| t.ok())
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
-            })
-            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-            .map(|stat| {
-                let f: Vec<u64> = stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                // utime and stime, fields 14 and 15 (indices 11 and 12 after the name).
-                f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
-            })
-            .sum()
+    /// CPU time (user + system) of one thread of this process, in clock ticks.
+    fn thread_ticks(tid: i32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let f: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // utime and stime are fields 14 and 15; after the name and the state letter (which
+        // does not parse) they are the 11th and 12th numbers.
+        f[10] + f[11]
     }
 
     /// The FIFO vanishes while its writer closes: the copier cannot reopen it and must wait
@@ -343,9 +346,11 @@ mod tests {
         wait_for(&d.path().join("spin.0"), b"one\n");
         std::fs::remove_file(&fifo).unwrap();
         drop(w);
-        let before = thread_ticks("logmon-copier");
+        let tid = c.thread_id();
+        assert!(tid > 0);
+        let before = thread_ticks(tid);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let spent = thread_ticks("logmon-copier") - before;
+        let spent = thread_ticks(tid) - before;
         assert!(
             spent < 20,
             "copier burnt {spent} ticks in 1.5 s with the fifo gone"
