@@ -305,7 +305,7 @@ impl Broker {
     }
 
     /// Waits up to 5 s for the `ConnInfo` of `id`; `Ok(None)` on timeout.
-    async fn wait_info(&self, id: u32) -> Result<Option<ConnInfo>, BrokerError> {
+    pub(crate) async fn wait_info(&self, id: u32) -> Result<Option<ConnInfo>, BrokerError> {
         let rx = {
             let mut pending = lock(&self.inner.pending);
             match pending.remove(&id) {

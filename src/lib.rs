@@ -5,6 +5,9 @@
 pub mod broker;
 pub mod client;
 pub mod controller;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod gojson;
 pub mod handshake;
 pub mod hclog;

@@ -566,7 +566,7 @@ async fn follow_logs(
     let _ = err.await;
 }
 
-fn indices(dir: &Path, base: &str) -> Vec<u64> {
+pub(crate) fn indices(dir: &Path, base: &str) -> Vec<u64> {
     let prefix = format!("{base}.");
     let mut v: Vec<u64> = std::fs::read_dir(dir)
         .map(|rd| {

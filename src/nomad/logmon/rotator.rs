@@ -210,7 +210,7 @@ fn open_append(path: &Path) -> Result<File, RotatorError> {
 }
 
 /// Indices `N` of the files `<base>.<N>` in `dir` (directories of that name are not log files).
-fn existing_indices(dir: &Path, base: &str) -> Result<Vec<u64>, RotatorError> {
+pub(crate) fn existing_indices(dir: &Path, base: &str) -> Result<Vec<u64>, RotatorError> {
     let entries = std::fs::read_dir(dir).map_err(|source| RotatorError::Dir {
         dir: dir.to_path_buf(),
         source,

@@ -1,0 +1,105 @@
+//! A plugin's stderr as the host reads it (`goplugin::hclog::parse_line`, `StderrLogParser`,
+//! `emit`; go-plugin-wire.md §13), and the plugin side's JSON lines read back.
+//!
+//! Input: stderr bytes, split into lines as the host splits them. Properties: never a panic;
+//! a plain line keeps its text and a JSON line its raw text; the stateful parser agrees with the
+//! stateless one but for the panic-mode level; `emit` formats every line (a subscriber that
+//! formats all fields is installed); and a line used as the message and a field of a `tracing`
+//! event written by `HclogLayer` comes back from `parse_line` as that message and field.
+#![no_main]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use goplugin::hclog::{self, HclogLayer, LogLine, StderrLogParser};
+use libfuzzer_sys::fuzz_target;
+use tracing::{Dispatch, Level};
+use tracing_subscriber::layer::SubscriberExt;
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Plugin {
+    buffer: Buffer,
+    dispatch: Dispatch,
+}
+
+fn plugin() -> &'static Plugin {
+    static PLUGIN: OnceLock<Plugin> = OnceLock::new();
+    PLUGIN.get_or_init(|| {
+        // The host side's events go to a subscriber that formats every field, then nowhere.
+        let host = tracing_subscriber::fmt()
+            .with_max_level(Level::TRACE)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::set_global_default(host).expect("one global subscriber");
+        let buffer = Buffer::default();
+        let layer = HclogLayer::new("fuzz", buffer.clone());
+        let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
+        Plugin { buffer, dispatch }
+    })
+}
+
+fn check_round_trip(plugin: &Plugin, text: &str) {
+    plugin.buffer.0.lock().unwrap().clear();
+    tracing::dispatcher::with_default(&plugin.dispatch, || {
+        tracing::warn!(f = text, "{}", text);
+    });
+    let out = String::from_utf8(std::mem::take(&mut *plugin.buffer.0.lock().unwrap()))
+        .expect("hclog output is UTF-8");
+    let line = out
+        .strip_suffix('\n')
+        .expect("one line ending in a newline");
+    assert!(!line.contains('\n'), "{line:?}");
+    match hclog::parse_line(line) {
+        LogLine::Json {
+            level,
+            message,
+            fields,
+            timestamp,
+            ..
+        } => {
+            assert_eq!(level, Some(Level::WARN), "{line}");
+            assert_eq!(message, text, "{line}");
+            assert!(timestamp.is_some(), "{line}");
+            let f = fields.iter().find(|(k, _)| k == "f").map(|(_, v)| v);
+            assert_eq!(f.and_then(|v| v.as_str()), Some(text), "{line}");
+        }
+        plain => panic!("hclog's own line read as plain: {plain:?}"),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let plugin = plugin();
+    let stderr = String::from_utf8_lossy(data);
+    let mut parser = StderrLogParser::new();
+    for line in stderr.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let stateless = hclog::parse_line(line);
+        match &stateless {
+            LogLine::Plain { text, .. } => assert_eq!(text, line),
+            LogLine::Json { raw, .. } => assert_eq!(raw, line),
+        }
+        let stateful = parser.parse(line);
+        match (&stateless, &stateful) {
+            (LogLine::Plain { text: a, level: la }, LogLine::Plain { text: b, level: lb }) => {
+                assert_eq!(a, b);
+                assert!(la == lb || (la.is_none() && *lb == Some(Level::ERROR)));
+            }
+            (a, b) => assert_eq!(a, b),
+        }
+        hclog::emit(&stateful, "fuzz");
+        hclog::emit(&LogLine::fragment(line), "fuzz");
+    }
+    check_round_trip(plugin, &stderr);
+});
