@@ -3,8 +3,8 @@
 //!
 //! Input: stderr bytes, split into lines as the host splits them. Properties: never a panic;
 //! a plain line keeps its text and a JSON line its raw text; the stateful parser agrees with the
-//! stateless one but for the panic-mode level; `emit` formats every line (a subscriber that
-//! formats all fields is installed); and a line used as the message and a field of a `tracing`
+//! stateless one but for the panic-mode level; `emit` formats every line (the subscriber
+//! installed formats all fields); and a line used as the message and a field of a `tracing`
 //! event written by `HclogLayer` comes back from `parse_line` as that message and field.
 #![no_main]
 
@@ -29,6 +29,36 @@ impl Write for Buffer {
     }
 }
 
+/// The host side's events go here: every field is formatted, then dropped.
+struct FormatAll;
+
+struct Formatter(String);
+
+impl tracing::field::Visit for Formatter {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for FormatAll {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut out = Formatter(String::new());
+        event.record(&mut out);
+        std::hint::black_box(out.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
 struct Plugin {
     buffer: Buffer,
     dispatch: Dispatch,
@@ -37,12 +67,7 @@ struct Plugin {
 fn plugin() -> &'static Plugin {
     static PLUGIN: OnceLock<Plugin> = OnceLock::new();
     PLUGIN.get_or_init(|| {
-        // The host side's events go to a subscriber that formats every field, then nowhere.
-        let host = tracing_subscriber::fmt()
-            .with_max_level(Level::TRACE)
-            .with_writer(std::io::sink)
-            .finish();
-        tracing::subscriber::set_global_default(host).expect("one global subscriber");
+        tracing::subscriber::set_global_default(FormatAll).expect("one global subscriber");
         let buffer = Buffer::default();
         let layer = HclogLayer::new("fuzz", buffer.clone());
         let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));

@@ -222,7 +222,11 @@ pub(crate) fn existing_indices(dir: &Path, base: &str) -> Result<Vec<u64>, Rotat
         .filter_map(|e| {
             let name = e.file_name();
             let suffix = name.to_str()?.strip_prefix(&prefix)?.to_string();
-            suffix.parse::<u64>().ok()
+            let index = suffix.parse::<u64>().ok()?;
+            // Only names the rotator writes: `t.01` or `t.+1` would alias `t.1` and skew the
+            // purge count (found by fuzz/logmon_file_names), and an index past Go's int, which
+            // Nomad's scan skips, would overflow at the next rotation.
+            (suffix == index.to_string() && i64::try_from(index).is_ok()).then_some(index)
         })
         .collect())
 }
@@ -334,6 +338,43 @@ mod tests {
         r.write(b"0123456789").unwrap();
         assert_eq!(sizes(d.path(), "t"), vec![(0, 5), (2, 5)]);
         assert!(d.path().join("t.backup").exists() && d.path().join("t.1").is_dir());
+    }
+
+    /// Found by fuzz/logmon_file_names: `t.00` and `t.01` counted as indices 0 and 1 next to the
+    /// real `t.0` and `t.1`, so a purge kept fewer real files than `max_files`, and aliases of a
+    /// later index planted while running could get the file being written purged.
+    #[test]
+    fn aliases_of_an_index_are_not_log_files() {
+        let d = tempfile::tempdir().unwrap();
+        for alias in ["t.00", "t.01", "t.001", "t.+1", "t.-0"] {
+            std::fs::write(d.path().join(alias), b"x").unwrap();
+        }
+        assert_eq!(existing_indices(d.path(), "t").unwrap(), Vec::<u64>::new());
+        let mut r = Rotator::open(d.path(), "t", 2, 5).unwrap();
+        assert_eq!(r.current_path(), d.path().join("t.0"));
+        r.write(b"abcdefghij").unwrap();
+        assert_eq!(sizes(d.path(), "t"), vec![(0, 5), (1, 5)]);
+        r.write(b"kl").unwrap();
+        assert_eq!(sizes(d.path(), "t"), vec![(1, 5), (2, 2)]);
+        assert!(
+            d.path().join("t.01").exists(),
+            "names not ours are left alone"
+        );
+    }
+
+    /// A planted `t.18446744073709551615` made the next rotation overflow the index (a panic
+    /// in debug builds, a wrap to `t.0` in release); names past Go's int are not log files.
+    #[test]
+    fn an_index_past_gos_int_is_not_a_log_file() {
+        let d = tempfile::tempdir().unwrap();
+        for name in ["t.18446744073709551615", "t.9223372036854775808"] {
+            std::fs::write(d.path().join(name), b"").unwrap();
+        }
+        std::fs::write(d.path().join("t.9223372036854775807"), b"").unwrap();
+        let mut r = Rotator::open(d.path(), "t", 10, 5).unwrap();
+        assert_eq!(r.current_path(), d.path().join("t.9223372036854775807"));
+        r.write(b"abcdefghij").unwrap();
+        assert_eq!(r.current_path(), d.path().join("t.9223372036854775808"));
     }
 
     /// A task that plants `t.0 -> victim` (or a later index) in the shared logs dir gets a
