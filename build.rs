@@ -38,7 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compile(&["examples/kv.proto"], "kv")?;
     compile(&["examples/counter.proto"], "counter")?;
     compile(&["examples/grpctest.proto"], "grpctest")?;
-    compile(&["nomad/hclspec.proto", "nomad/structs.proto"], "nomad_shared")?;
+    compile(
+        &["nomad/hclspec.proto", "nomad/structs.proto"],
+        "nomad_shared",
+    )?;
     compile_with(
         &[
             "nomad/logmon.proto",
