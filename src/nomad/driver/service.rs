@@ -517,3 +517,31 @@ impl Driver for DriverService {
         Ok(Response::new(ShutdownResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recoverable_errors_carry_nomads_detail() {
+        let e = TaskError::Helper {
+            helper: "logmon",
+            source: crate::ClientError::NoHandshake,
+        };
+        let st = task_status(&e);
+        assert_eq!(st.code(), Code::FailedPrecondition);
+        let decoded = RpcStatus::decode(st.details()).unwrap();
+        assert_eq!(decoded.code, Code::FailedPrecondition as i32);
+        assert_eq!(decoded.message, st.message());
+        assert_eq!(
+            decoded.details[0].type_url,
+            "type.googleapis.com/hashicorp.nomad.plugins.shared.structs.RecoverableError"
+        );
+        let inner = RecoverableError::decode(decoded.details[0].value.as_slice()).unwrap();
+        assert!(inner.recoverable);
+        let config = TaskError::Disabled;
+        let st = task_status(&config);
+        assert_eq!(st.code(), Code::InvalidArgument);
+        assert!(st.details().is_empty());
+    }
+}

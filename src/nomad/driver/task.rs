@@ -248,6 +248,14 @@ fn hold_fifos(logs: &LogConfig) -> Vec<OwnedFd> {
         .collect()
 }
 
+/// Removes the socket file of a helper that is gone (a SIGKILLed process leaves it behind).
+fn remove_dead_socket(cfg: &ReattachConfig) {
+    let alive = cfg.process.is_some_and(|p| p.is_alive());
+    if !alive && cfg.network.starts_with("unix") && cfg.addr.starts_with('/') {
+        let _ = std::fs::remove_file(&cfg.addr);
+    }
+}
+
 fn remove_fifos(logs: Option<&LogConfig>) {
     if let Some(l) = logs {
         let _ = std::fs::remove_file(&l.stdout_fifo);
@@ -523,10 +531,12 @@ pub async fn recover(
         Ok(c) => c,
         Err(reason) => {
             reap_orphans(&state.task);
+            remove_dead_socket(&state.executor);
             if let Some(l) = state.logmon.as_ref() {
                 if let Ok(c) = Client::reattach(l).await {
                     c.kill().await;
                 }
+                remove_dead_socket(l);
             }
             remove_fifos(state.logs.as_ref());
             return Err(TaskError::ExecutorGone {
@@ -738,6 +748,7 @@ async fn wait_for_exit(
                     continue;
                 }
                 reap_orphans(&task);
+                remove_dead_socket(&executor.reattach_config());
                 tracing::error!(task = %id, executor = executor.pid(), "executor exited while the task ran; task processes killed");
                 break executor_lost(format!(
                     "executor (pid {}) exited unexpectedly; the task's processes were killed",
@@ -766,6 +777,7 @@ async fn watch_logmon(task: std::sync::Weak<Task>, events: broadcast::Sender<Dri
                 _ = stop.cancelled() => return,
                 _ = c.wait() => {}
             }
+            remove_dead_socket(&c.reattach_config());
         }
         if stop.is_cancelled() || exit.borrow().is_some() {
             return;
