@@ -52,6 +52,24 @@ impl Driver {
     }
 }
 
+/// A test that fails half-way must not leave its driver, helpers or tasks running.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let mut tree = vec![self.client.pid()];
+        let mut i = 0;
+        while i < tree.len() {
+            tree.extend(children_of(tree[i]));
+            i += 1;
+        }
+        for pid in tree {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Starts the binary as plugin_dir/goplugin_exec (a symlink) with Nomad's handshake.
 async fn start_driver() -> Driver {
     let bin = tempfile::tempdir().unwrap();
@@ -858,7 +876,10 @@ async fn a_killed_driver_is_replaced_and_recovers_its_tasks_uninterrupted() {
     .unwrap();
     d.client.wait().await;
     assert!(alive(pid));
-    let Driver { tmp, _bin: bin, .. } = d;
+    let mut d = d;
+    let tmp = std::mem::replace(&mut d.tmp, tempfile::tempdir().unwrap());
+    let bin = std::mem::replace(&mut d._bin, tempfile::tempdir().unwrap());
+    drop(d);
     let link = bin.path().join("goplugin_exec");
     let d = start_driver_with(Command::new(&link), tmp, bin).await;
     set_config(&d, vec![], true).await.unwrap();

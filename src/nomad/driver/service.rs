@@ -334,6 +334,7 @@ impl Driver for DriverService {
         if interval.is_zero() {
             interval = Duration::from_secs(1);
         }
+        tracing::debug!(task = %req.task_id, ?interval, "TaskStats");
         let mut samples = task
             .executor()
             .stats(StatsRequest {
@@ -352,7 +353,11 @@ impl Driver for DriverService {
                     let sample = match next {
                         Ok(Some(s)) => s.stats.unwrap_or_default(),
                         // The task ended: the stream ends and the agent stops asking.
-                        Ok(None) | Err(_) => return,
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::debug!(error = %e.message(), "executor Stats stream ended");
+                            return;
+                        }
                     };
                     let stats = TaskStats {
                         timestamp: sample
