@@ -977,7 +977,7 @@ async fn a_killed_logmon_is_replaced_on_the_same_fifos() {
     let script = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.05; done";
     let t = a.task("chatty", task_config("/bin/sh", &["-c", script], &[]));
     let id = t.id.clone();
-    start(&d, t).await;
+    let handle = start(&d, t).await;
     let i = inspect(&d, &id).await;
     let (pid, logmon) = (task_pid(&i), attr_pid(&i, "logmon_pid"));
     eventually("first lines", Duration::from_secs(5), || {
@@ -1006,8 +1006,52 @@ async fn a_killed_logmon_is_replaced_on_the_same_fifos() {
         || a.log("chatty.stdout.0").lines().count() > n + 5,
     )
     .await;
+    // A driver restarted now finds the replacement, not the logmon the handle names.
+    let replacement = attr_pid(&i, "logmon_pid");
+    let executor = attr_pid(&i, "executor_pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.client.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.client.wait().await;
+    let mut d = d;
+    let tmp = std::mem::replace(&mut d.tmp, tempfile::tempdir().unwrap());
+    let bin = std::mem::replace(&mut d._bin, tempfile::tempdir().unwrap());
+    drop(d);
+    let d = start_driver_with(Command::new(bin.path().join("goplugin_exec")), tmp, bin).await;
+    d.driver()
+        .recover_task(RecoverTaskRequest {
+            task_id: String::new(),
+            handle: Some(handle),
+        })
+        .await
+        .expect("RecoverTask");
+    let i = inspect(&d, &id).await;
+    assert_eq!(
+        attr_pid(&i, "logmon_pid"),
+        replacement,
+        "reattached, no second logmon"
+    );
+    assert_eq!(task_pid(&i), pid);
+    let n = a.log("chatty.stdout.0").lines().count();
+    eventually("lines after recovery", Duration::from_secs(5), || {
+        a.log("chatty.stdout.0").lines().count() > n + 5
+    })
+    .await;
     destroy(&d, &id).await;
-    assert_clean(&d, &a).await;
+    for p in [replacement, executor, pid] {
+        eventually("helpers and task gone", Duration::from_secs(10), || {
+            !alive(p)
+        })
+        .await;
+    }
+    assert!(a.fifos().is_empty());
+    assert!(!a
+        .dir
+        .path()
+        .join("chatty/.goplugin_exec.logmon.json")
+        .exists());
 }
 
 #[tokio::test]

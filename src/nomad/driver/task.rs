@@ -256,6 +256,34 @@ fn remove_dead_socket(cfg: &ReattachConfig) {
     }
 }
 
+/// Where a replacement logmon's reattach config is kept: the handle the agent persisted names
+/// only the first logmon, and a driver that restarts must find the one that runs now.
+fn logmon_record(state: &TaskState) -> PathBuf {
+    Path::new(&state.alloc_dir)
+        .join(&state.name)
+        .join(".goplugin_exec.logmon.json")
+}
+
+fn save_logmon_record(state: &TaskState, cfg: &ReattachConfig) {
+    let path = logmon_record(state);
+    match serde_json::to_vec(cfg) {
+        Ok(json) => {
+            if let Err(e) = std::fs::write(&path, json) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot record the new logmon");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot encode the new logmon's reattach config"),
+    }
+}
+
+/// The logmon to reattach to: a recorded replacement, else the handle's.
+fn logmon_candidates(state: &TaskState) -> Vec<ReattachConfig> {
+    let recorded = std::fs::read_to_string(logmon_record(state))
+        .ok()
+        .and_then(|j| ReattachConfig::from_json(&j).ok());
+    recorded.into_iter().chain(state.logmon.clone()).collect()
+}
+
 fn remove_fifos(logs: Option<&LogConfig>) {
     if let Some(l) = logs {
         let _ = std::fs::remove_file(&l.stdout_fifo);
@@ -532,12 +560,13 @@ pub async fn recover(
         Err(reason) => {
             reap_orphans(&state.task);
             remove_dead_socket(&state.executor);
-            if let Some(l) = state.logmon.as_ref() {
-                if let Ok(c) = Client::reattach(l).await {
+            for l in logmon_candidates(&state) {
+                if let Ok(c) = Client::reattach(&l).await {
                     c.kill().await;
                 }
-                remove_dead_socket(l);
+                remove_dead_socket(&l);
             }
+            let _ = std::fs::remove_file(logmon_record(&state));
             remove_fifos(state.logs.as_ref());
             return Err(TaskError::ExecutorGone {
                 id: state.id.clone(),
@@ -547,10 +576,21 @@ pub async fn recover(
     };
     let mut logmon = None;
     if let Some(logs) = &state.logs {
-        logmon = match reattach_logmon(state.logmon.as_ref()).await {
+        let mut found = None;
+        for candidate in logmon_candidates(&state) {
+            found = reattach_logmon(&candidate).await;
+            if found.is_some() {
+                break;
+            }
+            remove_dead_socket(&candidate);
+        }
+        logmon = match found {
             Some(c) => Some(c),
             None => match start_logmon(logs, &state.name).await {
-                Ok(c) => Some(c),
+                Ok(c) => {
+                    save_logmon_record(&state, &c.reattach_config());
+                    Some(c)
+                }
                 Err(e) => {
                     tracing::warn!(task = %state.id, error = %e, "no logmon for the recovered task; the watchdog retries");
                     None
@@ -573,8 +613,8 @@ async fn reattach_executor(cfg: &ReattachConfig) -> Result<Client, String> {
     }
 }
 
-async fn reattach_logmon(cfg: Option<&ReattachConfig>) -> Option<Client> {
-    let client = Client::reattach(cfg?).await.ok()?;
+async fn reattach_logmon(cfg: &ReattachConfig) -> Option<Client> {
+    let client = Client::reattach(cfg).await.ok()?;
     client.ping().await.ok()?;
     Some(client)
 }
@@ -689,6 +729,7 @@ impl Task {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        let _ = std::fs::remove_file(logmon_record(&self.state));
         remove_fifos(self.state.logs.as_ref());
     }
 
@@ -797,6 +838,7 @@ async fn watch_logmon(task: std::sync::Weak<Task>, events: broadcast::Sender<Dri
                     new.pid()
                 );
                 tracing::warn!(task = %t.state.id, "{message}");
+                save_logmon_record(&t.state, &new.reattach_config());
                 *t.lock_logmon() = Some(new);
                 let _ = events.send(event(&t.state, &message));
                 backoff = Duration::from_millis(200);
