@@ -1,4 +1,5 @@
-//! The `goplugin` binary. Self-re-exec entries (the plugins this binary serves as `goplugin NAME`)
+//! The `goplugin` binary. Run as `goplugin_exec` (or with no arguments and Nomad's cookie) it is
+//! the Nomad task driver. Self-re-exec entries (the plugins this binary serves as `goplugin NAME`)
 //! are dispatched before anything else; the rest is a small CLI: the standalone agent
 //! (`run`, `status`, `logs`, `stop`, `exec`) and two go-plugin helpers.
 
