@@ -950,6 +950,20 @@ async fn a_killed_executor_fails_the_task_with_a_nonzero_code_and_kills_it() {
     start(&d, t).await;
     let i = inspect(&d, &id).await;
     let (pid, exec_pid) = (task_pid(&i), attr_pid(&i, "executor_pid"));
+    // As root on cgroup v1 a 1.6-style Launch puts the task in the executor's own freezer
+    // cgroup /nomad/<uuid>, which the dead executor cannot remove: the driver must.
+    let freezer = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string()))
+        .filter(|p| p.starts_with("/nomad/"))
+        .map(|p| PathBuf::from(format!("/sys/fs/cgroup/freezer{p}")));
+    if nix::unistd::geteuid().is_root() && std::path::Path::new("/sys/fs/cgroup/freezer").is_dir() {
+        assert!(
+            freezer.is_some(),
+            "a 1.6 Launch as root puts the task in /nomad/<uuid>"
+        );
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(exec_pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -959,6 +973,9 @@ async fn a_killed_executor_fails_the_task_with_a_nonzero_code_and_kills_it() {
     assert_eq!(w.result.unwrap().exit_code, -1, "not 0 (nomad#25453)");
     assert!(w.err.contains("executor"), "{}", w.err);
     eventually("task killed", Duration::from_secs(5), || !alive(pid)).await;
+    if let Some(dir) = freezer {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
     destroy(&d, &id).await;
     assert_clean(&d, &a).await;
 }

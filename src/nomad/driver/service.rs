@@ -511,6 +511,7 @@ impl Driver for DriverService {
     }
 
     async fn init(&self, _: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        tracing::debug!("Init");
         Ok(Response::new(InitResponse {}))
     }
 
@@ -519,6 +520,7 @@ impl Driver for DriverService {
         _: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
         // Tasks, executors and logmons live on; the next driver recovers them.
+        tracing::debug!("Shutdown: tasks keep running");
         Ok(Response::new(ShutdownResponse {}))
     }
 }
