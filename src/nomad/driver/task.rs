@@ -558,7 +558,8 @@ pub async fn recover(
     let executor = match reattach_executor(&state.executor).await {
         Ok(c) => c,
         Err(reason) => {
-            reap_orphans(&state.task);
+            let task = state.task;
+            let _ = tokio::task::spawn_blocking(move || reap_orphans(&task)).await;
             remove_dead_socket(&state.executor);
             for l in logmon_candidates(&state) {
                 if let Ok(c) = Client::reattach(&l).await {
@@ -788,7 +789,7 @@ async fn wait_for_exit(
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                reap_orphans(&task);
+                let _ = tokio::task::spawn_blocking(move || reap_orphans(&task)).await;
                 remove_dead_socket(&executor.reattach_config());
                 tracing::error!(task = %id, executor = executor.pid(), "executor exited while the task ran; task processes killed");
                 break executor_lost(format!(
