@@ -466,10 +466,8 @@ pub async fn start(
         executor: None,
     };
     match start_helpers(task, &cfg, plugin, agent, &task_dir, &mut partial).await {
-        Ok((pid, readers)) => {
-            let (Some(executor), logmon) = (partial.executor.take(), partial.logmon.take()) else {
-                unreachable!("start_helpers sets the executor on success")
-            };
+        Ok((executor, pid, readers)) => {
+            let logmon = partial.logmon.take();
             let state = TaskState {
                 driver: DRIVER_NAME.into(),
                 version: STATE_VERSION,
@@ -504,7 +502,7 @@ async fn start_helpers(
     agent: &AgentInfo,
     task_dir: &Path,
     partial: &mut Partial,
-) -> Result<(u32, Vec<OwnedFd>), TaskError> {
+) -> Result<(Client, u32, Vec<OwnedFd>), TaskError> {
     let mut readers = Vec::new();
     if let Some(logs) = &partial.logs {
         std::fs::create_dir_all(&logs.log_dir).map_err(|source| TaskError::Io {
@@ -529,18 +527,19 @@ async fn start_helpers(
         helper: "executor",
         source,
     })?;
-    let channel = executor.channel();
-    partial.executor = Some(executor);
+    // Until Launch succeeds a failure must stop it too.
+    partial.executor = Some(executor.clone());
     let req = launch_request(task, cfg, plugin, agent, partial.logs.as_ref());
-    let launched = ExecutorClient::new(channel)
+    let launched = ExecutorClient::new(executor.channel())
         .launch(req)
         .await
         .map_err(rpc("executor", "Launch"))?;
+    partial.executor = None;
     let pid = launched
         .into_inner()
         .process
         .map_or(0, |p| p.pid.max(0) as u32);
-    Ok((pid, readers))
+    Ok((executor, pid, readers))
 }
 
 /// Finds a task again from its handle state: reattaches to its executor (which must answer
