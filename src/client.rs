@@ -920,8 +920,17 @@ fn open_broker_stream(broker: &Broker, channel: &Channel) {
         let stream = match client.start_stream(ReceiverStream::new(rx)).await {
             Ok(resp) => resp.into_inner(),
             Err(e) => {
-                // A plugin without a broker: only brokered calls will fail (as in Go).
-                tracing::debug!("plugin broker stream unavailable: {e}");
+                // A grpc-go plugin sends the stream's headers with its first message, so the
+                // call is still waiting for them when the client is killed: that is the end of
+                // a good stream, not a failure.
+                if broker.is_closed() {
+                    tracing::trace!("plugin broker stream closed with the client: {e}");
+                } else if e.code() == tonic::Code::Unimplemented {
+                    // A plugin without a broker: only brokered calls will fail (as in Go).
+                    tracing::debug!("plugin has no broker service: {e}");
+                } else {
+                    tracing::debug!("plugin broker stream ended: {e}");
+                }
                 broker.detach(&tx);
                 return;
             }
