@@ -187,6 +187,11 @@ impl Broker {
         self.inner.mux.is_some()
     }
 
+    /// Whether [`Broker::close`] was called (the client is going away).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
     /// Closes the broker: pending dials fail, brokered servers stop.
     pub fn close(&self) {
         self.inner.closed.cancel();
@@ -237,7 +242,10 @@ impl Broker {
                 Box::pin(accept_loop(listener, self.inner.closed.clone()))
             }
         };
-        Ok(tls_incoming(conns, self.inner.tls.clone()))
+        Ok(crate::tls_accept::tls_incoming(
+            conns,
+            self.inner.tls.clone(),
+        ))
     }
 
     /// Dials the peer's brokered server `id` and returns a gRPC channel to it.
@@ -505,40 +513,6 @@ fn accept_loop(
             }
         }
     })
-}
-
-/// Terminates TLS on each connection concurrently (a slow or bad peer delays nobody) and yields
-/// the ones that completed the handshake; failed handshakes are logged at debug and dropped.
-pub(crate) fn tls_incoming(
-    conns: impl Stream<Item = Conn> + Send + 'static,
-    tls: Option<MtlsConfig>,
-) -> impl Stream<Item = Result<Conn, std::io::Error>> + Send + 'static {
-    let (tx, rx) = mpsc::channel::<Result<Conn, std::io::Error>>(16);
-    tokio::spawn(async move {
-        let mut conns = std::pin::pin!(conns);
-        while let Some(conn) = conns.next().await {
-            match &tls {
-                None => {
-                    if tx.send(Ok(conn)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(tls) => {
-                    let tls = tls.clone();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        match tls.accept(conn).await {
-                            Ok(conn) => {
-                                let _ = tx.send(Ok(conn)).await;
-                            }
-                            Err(e) => tracing::debug!("TLS handshake with peer failed: {e}"),
-                        }
-                    });
-                }
-            }
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 /// Runs a gRPC client connection over one already-open connection (TLS first, if configured).

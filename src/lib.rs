@@ -17,6 +17,7 @@ pub mod reexec;
 pub mod server;
 pub mod stdio;
 pub mod tls;
+mod tls_accept;
 pub mod transport;
 
 pub use broker::{Broker, BrokerError};

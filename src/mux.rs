@@ -39,6 +39,7 @@ pub enum Role {
 pub struct MuxSession {
     open_tx: mpsc::Sender<OpenRequest>,
     closed: CancellationToken,
+    failure: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl MuxSession {
@@ -55,8 +56,22 @@ impl MuxSession {
         let (open_tx, open_rx) = mpsc::channel(16);
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let closed = CancellationToken::new();
-        tokio::spawn(drive(connection, open_rx, in_tx, closed.clone()));
-        (MuxSession { open_tx, closed }, in_rx)
+        let failure = std::sync::Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(drive(
+            connection,
+            open_rx,
+            in_tx,
+            closed.clone(),
+            failure.clone(),
+        ));
+        (
+            MuxSession {
+                open_tx,
+                closed,
+                failure,
+            },
+            in_rx,
+        )
     }
 
     /// Opens a new stream to the peer.
@@ -79,6 +94,12 @@ impl MuxSession {
     pub fn close(&self) {
         self.closed.cancel();
     }
+
+    /// Why the session ended, when it ended on an error (garbage, a protocol violation, an I/O
+    /// failure) rather than by a close from either side.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.get().cloned()
+    }
 }
 
 enum Event {
@@ -92,6 +113,7 @@ async fn drive<T>(
     mut open_rx: mpsc::Receiver<OpenRequest>,
     in_tx: mpsc::UnboundedSender<Conn>,
     closed: CancellationToken,
+    failure: std::sync::Arc<std::sync::OnceLock<String>>,
 ) where
     T: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
 {
@@ -147,6 +169,7 @@ async fn drive<T>(
             }
             Event::Inbound(Some(Err(e))) => {
                 tracing::debug!("yamux session ended: {e}");
+                let _ = failure.set(e.to_string());
                 break;
             }
             Event::Inbound(None) | Event::Closed => break,

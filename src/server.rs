@@ -27,7 +27,7 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 
-use crate::broker::{tls_incoming, Broker, BrokerService, Side};
+use crate::broker::{Broker, BrokerService, Side};
 use crate::controller::ControllerService;
 use crate::handshake::{
     env, negotiate, parse_go_bool, HandshakeConfig, HandshakeLine, HostVersions, Protocol,
@@ -38,6 +38,7 @@ use crate::proto::plugin::grpc_controller_server::GrpcControllerServer;
 use crate::proto::plugin::grpc_stdio_server::GrpcStdioServer;
 use crate::stdio::{self, StdioService};
 use crate::tls::{self, Identity, MtlsConfig, PinnedPeers};
+use crate::tls_accept::tls_incoming;
 use crate::transport::{Conn, ListenConfig, Listener, TransportError};
 
 /// How long the plugin waits for the host's one raw connection in multiplexed mode (§9.2).
@@ -79,6 +80,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// Multiplexed mode: the host's one connection never came, or its yamux session failed.
+    #[error("error establishing yamux session: {0}")]
+    MuxSession(String),
 }
 
 type ServiceSet = Box<dyn FnOnce(&mut Services) + Send>;
@@ -233,8 +237,10 @@ impl Server {
         let result = run(routes, incoming, shutdown.clone(), self.shutdown_grace).await;
         shutdown.cancel();
         // The accept task owns the listener: once it is done the socket file is gone.
-        let _ = tokio::time::timeout(Duration::from_millis(500), accepting).await;
-        result
+        match tokio::time::timeout(Duration::from_millis(500), accepting).await {
+            Ok(Ok(Some(e))) => Err(e),
+            _ => result,
+        }
     }
 }
 
@@ -320,16 +326,17 @@ fn incoming(
     shutdown: &CancellationToken,
 ) -> (
     impl Stream<Item = Conn> + Send + 'static,
-    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<Option<ServeError>>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shutdown = shutdown.clone();
     let broker = broker.clone();
     let task = tokio::spawn(async move {
         if multiplexed {
-            serve_mux(listener, broker, tx, shutdown).await;
+            serve_mux(listener, broker, tx, shutdown).await.err()
         } else {
             serve_direct(listener, tx, shutdown).await;
+            None
         }
     });
     (UnboundedReceiverStream::new(rx), task)
@@ -354,38 +361,32 @@ async fn serve_direct(
     }
 }
 
+/// The one connection of multiplexed mode and the streams of its yamux session. An error when
+/// the connection never came or the session failed (garbage, a protocol violation): the plugin
+/// then stops serving and must not exit as if the host had shut it down.
 async fn serve_mux(
     listener: Listener,
     broker: Broker,
     tx: mpsc::UnboundedSender<Conn>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), ServeError> {
     let first = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.cancelled() => return Ok(()),
         r = tokio::time::timeout(MUX_CONNECT_WINDOW, listener.accept()) => r,
+    };
+    let fail = |reason: String| {
+        tracing::error!("error establishing yamux session: {reason}");
+        shutdown.cancel();
+        Err(ServeError::MuxSession(reason))
     };
     let conn = match first {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            tracing::error!("error establishing yamux session: {e}");
-            shutdown.cancel();
-            return;
-        }
-        Err(_) => {
-            tracing::error!(
-                "error establishing yamux session: timed out waiting for connection to be established"
-            );
-            shutdown.cancel();
-            return;
-        }
+        Ok(Err(e)) => return fail(e.to_string()),
+        Err(_) => return fail("timed out waiting for connection to be established".into()),
     };
     let mut streams = match broker.start_mux(conn) {
         Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!("{e}");
-            shutdown.cancel();
-            return;
-        }
+        Err(e) => return fail(e.to_string()),
     };
     loop {
         tokio::select! {
@@ -396,10 +397,15 @@ async fn serve_mux(
             },
         }
     }
-    if let Some(session) = broker.mux_session() {
+    drop(listener);
+    let session = broker.mux_session();
+    if let Some(session) = &session {
         session.close();
     }
-    drop(listener);
+    match session.and_then(|s| s.failure()) {
+        Some(reason) if !shutdown.is_cancelled() => fail(reason),
+        _ => Ok(()),
+    }
 }
 
 async fn run(

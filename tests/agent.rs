@@ -246,3 +246,100 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
         "stale state removed"
     );
 }
+
+/// A start that fails after logmon is up (here: the executor cannot be started) stops logmon
+/// too: it sits in its own process group and would otherwise outlive the agent.
+#[test]
+fn a_failed_start_leaves_no_logmon_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // A uniquely named logmon (the binary under another path) to find it among other tests'.
+    let logmon = dir.path().join("unique-logmon-bin");
+    std::os::unix::fs::symlink(BIN, &logmon).unwrap();
+    let out = goplugin(
+        dir.path(),
+        &[
+            "run",
+            "--name",
+            "broken",
+            "--logmon-bin",
+            logmon.to_str().unwrap(),
+            "--executor-bin",
+            "/nonexistent/executor",
+            "--",
+            "true",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("executor"),
+        "{}",
+        text(&out.stderr)
+    );
+    let left = processes_with(logmon.to_str().unwrap());
+    assert!(left.is_empty(), "logmon left running: {left:?}");
+}
+
+/// The task's last output reaches the terminal in full, however much it wrote just before it
+/// exited and however slowly the terminal reads: the agent waits for its log follower to print
+/// what logmon's Stop flushed, instead of the fixed 150 ms it once gave it.
+#[test]
+fn the_tail_of_a_large_output_is_printed_in_full() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--dir"])
+        .arg(dir.path())
+        .args(["--name", "flood", "--max-file-size", "100", "--"])
+        .args([
+            "sh",
+            "-c",
+            "head -c 4000000 /dev/zero | tr '\\0' x; echo; echo END",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A slow terminal: nothing is read until the task has long exited.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(out.len(), 4_000_000 + 1 + 4);
+    assert!(out.ends_with(b"x\nEND\n"));
+}
+
+/// The directory holding task state decides which sockets `status`, `exec` and `stop` use: a
+/// world-writable one, a symlink, or one owned by another user is refused before anything runs.
+#[test]
+fn an_unsafe_state_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let mut cases = vec![(open, "lets others write"), (link, "symlink")];
+    if nix::unistd::geteuid().is_root() {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        cases.push((theirs, "owned by uid 65534"));
+    }
+    for (base, why) in cases {
+        for args in [
+            &["run", "--name", "t", "--", "true"][..],
+            &["status", "t"][..],
+        ] {
+            let out = goplugin(&base, args);
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "{args:?} in {}", base.display());
+            assert!(
+                err.contains("not safe for task state") && err.contains(why),
+                "{err}"
+            );
+        }
+        assert!(!base.join("t").exists());
+    }
+}

@@ -246,3 +246,28 @@ async fn garbage_on_the_broker_stream_ends_that_stream_only() {
     let host2 = connect_host(&p, false).await;
     bidirectional_once(&host2).await;
 }
+
+/// Multiplexed mode has one host connection for life. When that connection speaks garbage
+/// instead of yamux, the session fails and the plugin stops serving: with a non-zero exit and
+/// the reason on stderr, not the clean exit of a host-requested shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_as_the_multiplexed_connection_is_an_error_exit() {
+    use tokio::io::AsyncWriteExt;
+    let mut p = start(&[], &[("PLUGIN_MULTIPLEX_GRPC", "true")]);
+    let mut conn = p.conn().await;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nthis is not yamux at all")
+        .await
+        .unwrap();
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)))
+        .expect("the plugin stops serving once its only session failed");
+    assert!(
+        !status.success(),
+        "exit {status:?}; stderr: {}",
+        p.stderr_text()
+    );
+    assert!(
+        p.stderr_text().contains("yamux session"),
+        "{}",
+        p.stderr_text()
+    );
+}

@@ -355,3 +355,34 @@ async fn failed_start_leaves_no_socket_dir_behind() {
     let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// The versions offered in `PLUGIN_PROTOCOL_VERSIONS`: the handshake's own without
+/// `versions`, exactly the named ones with it (Terraform offers `5,6`; go-plugin adds the
+/// legacy version only for an unversioned plugin set).
+#[tokio::test]
+async fn offers_exactly_the_named_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("versions");
+    let cases: [(&[u32], &str); 3] = [(&[], "1"), (&[5, 6], "5,6"), (&[6, 5, 6], "5,6")];
+    for (versions, want) in cases {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "echo \"$PLUGIN_PROTOCOL_VERSIONS\" > {}",
+            seen.display()
+        ));
+        let mut b = Client::builder(cmd, test_handshake().with_protocol_version(1));
+        if !versions.is_empty() {
+            b = b.versions(versions.iter().copied());
+        }
+        let err = b.start().await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::ExitedBeforeConnect { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap().trim(),
+            want,
+            "{versions:?}"
+        );
+    }
+}

@@ -304,3 +304,47 @@ async fn plaintext_client_is_refused_by_an_auto_mtls_plugin() {
         assert_ne!(err.code(), tonic::Code::Ok, "{err}");
     }
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Connections that never start the TLS handshake are bounded: at most 32 wait at a time (more
+/// are closed at once), each at most 5 s, so a flood of silent peers cannot exhaust the plugin's
+/// descriptors; afterwards the pinned host gets through.
+#[tokio::test]
+async fn silent_connections_to_an_auto_mtls_plugin_are_bounded_and_time_out() {
+    use tokio::io::AsyncReadExt;
+    let (host, pem) = host_identity();
+    let p = start(&[], &[("PLUGIN_CLIENT_CERT", &pem)]);
+    raw_tls_roundtrip(&p, Some(&host)).await.unwrap();
+    let pid = p.child.id();
+    let base = open_fds(pid);
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(p.conn().await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = open_fds(pid) - base;
+    assert!(
+        held <= 32 + 4,
+        "the plugin holds {held} descriptors for 200 silent peers"
+    );
+    // Every silent connection is closed by the plugin: at once beyond the limit, after the
+    // handshake timeout within it.
+    let t0 = std::time::Instant::now();
+    for mut c in silent {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut b))
+            .await
+            .expect("closed by the plugin within the handshake timeout");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    raw_tls_roundtrip(&p, Some(&host)).await.unwrap();
+    assert!(
+        open_fds(pid) <= base + 2,
+        "{} fds after, {base} before",
+        open_fds(pid)
+    );
+}

@@ -63,6 +63,15 @@ pub enum AgentError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The task directory's parent is not ours alone: its `state.json` files decide which
+    /// sockets `status`, `exec` and `stop` talk to, so nobody else may write there.
+    #[error("{path} is not safe for task state: {reason}")]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong (owner, mode, symlink).
+        reason: String,
+    },
     /// A helper plugin failed.
     #[error("{helper}: {source}")]
     Helper {
@@ -158,8 +167,61 @@ fn state_path(base: &Path, name: &str) -> PathBuf {
     base.join(name).join("state.json")
 }
 
+/// Makes `base` (mode 0700) when missing and refuses one another user could write to: a
+/// symlink, a directory owned by someone other than us or root, or one writable by group or
+/// others (the `/tmp/goplugin-<uid>` fallback could have been made by anyone).
+pub fn check_base_dir(base: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let unsafe_dir = |reason: String| AgentError::UnsafeDir {
+        path: base.to_path_buf(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(base) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(base)
+                .map_err(|source| AgentError::Dir {
+                    path: base.to_path_buf(),
+                    source,
+                })?;
+            std::fs::symlink_metadata(base).map_err(|source| AgentError::Dir {
+                path: base.to_path_buf(),
+                source,
+            })?
+        }
+        Err(source) => {
+            return Err(AgentError::Dir {
+                path: base.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("it is a symlink".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a directory".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_dir(format!(
+            "owned by uid {}, not by us ({me})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_dir(format!("mode {mode:o} lets others write there")));
+    }
+    Ok(())
+}
+
 /// Reads a task's state file.
 pub fn load_state(base: &Path, name: &str) -> Result<TaskState, AgentError> {
+    check_base_dir(base)?;
     let path = state_path(base, name);
     let raw = std::fs::read_to_string(&path).map_err(|_| AgentError::NoTask {
         name: name.to_string(),
@@ -236,6 +298,7 @@ struct Running {
 }
 
 async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
+    check_base_dir(&o.base_dir)?;
     let task_dir = o.base_dir.join(&o.name);
     if let Ok(state) = load_state(&o.base_dir, &o.name) {
         if Client::reattach(&state.executor).await.is_ok() {
@@ -247,7 +310,40 @@ async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
     }
     let log_dir = task_dir.join("logs");
     mkdir(&log_dir)?;
+    let (program, args) = o.command.split_first().ok_or(AgentError::Rpc {
+        call: "run",
+        status: "no command given".into(),
+    })?;
     let logmon = start_helper(helper_command(o.logmon_bin.as_deref(), "logmon")?, "logmon").await?;
+    // logmon sits in its own process group and outlives us unless told: every failure from
+    // here on stops it.
+    match start_under_logmon(o, &logmon, &task_dir, &log_dir, program, args).await {
+        Ok((executor, pid)) => Ok(Running {
+            executor,
+            logmon,
+            log_dir,
+            task_dir,
+            pid,
+        }),
+        Err(e) => {
+            let _ = LogMonClient::new(logmon.channel())
+                .stop(StopRequest {})
+                .await;
+            logmon.kill().await;
+            Err(e)
+        }
+    }
+}
+
+/// logmon's Start, then the executor and its Launch; the executor is killed if Launch fails.
+async fn start_under_logmon(
+    o: &RunOptions,
+    logmon: &Client,
+    task_dir: &Path,
+    log_dir: &Path,
+    program: &str,
+    args: &[String],
+) -> Result<(Client, i32), AgentError> {
     let stdout_fifo = log_dir.join(format!(".{}.stdout.fifo", o.name));
     let stderr_fifo = log_dir.join(format!(".{}.stderr.fifo", o.name));
     LogMonClient::new(logmon.channel())
@@ -271,10 +367,6 @@ async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
     let mut cmd = helper_command(o.executor_bin.as_deref(), "executor")?;
     cmd.arg(config.to_string());
     let executor = start_helper(cmd, "executor").await?;
-    let (program, args) = o.command.split_first().ok_or(AgentError::Rpc {
-        call: "run",
-        status: "no command given".into(),
-    })?;
     let mut env = vec![format!(
         "PATH={}",
         std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
@@ -282,7 +374,7 @@ async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
     env.extend(o.env.iter().cloned());
     let launched = ExecutorClient::new(executor.channel())
         .launch(LaunchRequest {
-            cmd: program.clone(),
+            cmd: program.to_string(),
             args: args.to_vec(),
             resources: Some(resources(o)),
             stdout_path: stdout_fifo.display().to_string(),
@@ -298,24 +390,13 @@ async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
             ..Default::default()
         })
         .await;
-    let pid = match launched {
-        Ok(r) => r.into_inner().process.map_or(0, |p| p.pid),
+    match launched {
+        Ok(r) => Ok((executor, r.into_inner().process.map_or(0, |p| p.pid))),
         Err(status) => {
             executor.kill().await;
-            let _ = LogMonClient::new(logmon.channel())
-                .stop(StopRequest {})
-                .await;
-            logmon.kill().await;
-            return Err(rpc("launch")(status));
+            Err(rpc("launch")(status))
         }
-    };
-    Ok(Running {
-        executor,
-        logmon,
-        log_dir,
-        task_dir,
-        pid,
-    })
+    }
 }
 
 /// Runs the task; returns its exit code (128 + signal when killed by one), or 0 when detached.
@@ -358,7 +439,13 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
         std::fs::write(&path, json).map_err(|source| AgentError::Dir { path, source })?;
         return Ok(0);
     }
-    let follow = tokio::spawn(follow_logs(t.log_dir.clone(), o.name.clone(), log_start));
+    let logs_done = tokio_util::sync::CancellationToken::new();
+    let follow = tokio::spawn(follow_logs(
+        t.log_dir.clone(),
+        o.name.clone(),
+        log_start,
+        logs_done.clone(),
+    ));
     let mut exec = ExecutorClient::new(t.executor.channel());
     let wait = exec.wait(WaitRequest {});
     tokio::pin!(wait);
@@ -384,11 +471,17 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
             grace_period: 0,
         })
         .await;
+    // Stop drains the FIFOs into the files; the follower then prints the rest and ends.
     let _ = LogMonClient::new(t.logmon.channel())
         .stop(StopRequest {})
         .await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    follow.abort();
+    logs_done.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), follow)
+        .await
+        .is_err()
+    {
+        eprintln!("goplugin: the task's last output could not be printed within 5 s");
+    }
     t.executor.kill().await;
     t.logmon.kill().await;
     let code = state.map_or(1, |s| s.exit_code);
@@ -405,7 +498,7 @@ pub async fn print_logs(log_dir: PathBuf, name: String, stream: &str, follow: bo
     follow_stream(
         log_dir,
         format!("{name}.{stream}"),
-        follow,
+        if follow { Follow::Forever } else { Follow::No },
         stream == "stdout",
         None,
     )
@@ -424,20 +517,48 @@ pub fn log_ends(log_dir: &Path, name: &str) -> [Option<(u64, u64)>; 2] {
     })
 }
 
+/// How far [`follow_stream`] reads.
+#[derive(Clone)]
+enum Follow {
+    /// To the end of the files there now.
+    No,
+    /// Forever, checking every 50 ms.
+    Forever,
+    /// Until the token is cancelled, then to the end of the files there then: for the end of a
+    /// task, once logmon's Stop has written everything.
+    Until(tokio_util::sync::CancellationToken),
+}
+
+impl Follow {
+    fn keeps_going(&self) -> bool {
+        match self {
+            Follow::No => false,
+            Follow::Forever => true,
+            Follow::Until(done) => !done.is_cancelled(),
+        }
+    }
+}
+
 /// Follows a task's log files (`<name>.stdout.N`, `<name>.stderr.N`) from `from` (see
-/// [`log_ends`]), printing what is appended (checking every 50 ms) until cancelled.
-pub async fn follow_logs(log_dir: PathBuf, name: String, from: [Option<(u64, u64)>; 2]) {
+/// [`log_ends`]), printing what is appended (checking every 50 ms) until `done` is cancelled,
+/// then what is left in them.
+async fn follow_logs(
+    log_dir: PathBuf,
+    name: String,
+    from: [Option<(u64, u64)>; 2],
+    done: tokio_util::sync::CancellationToken,
+) {
     let out = tokio::spawn(follow_stream(
         log_dir.clone(),
         format!("{name}.stdout"),
-        true,
+        Follow::Until(done.clone()),
         true,
         from[0],
     ));
     let err = tokio::spawn(follow_stream(
         log_dir,
         format!("{name}.stderr"),
-        true,
+        Follow::Until(done),
         false,
         from[1],
     ));
@@ -461,13 +582,15 @@ fn indices(dir: &Path, base: &str) -> Vec<u64> {
 async fn follow_stream(
     dir: PathBuf,
     base: String,
-    follow: bool,
+    mode: Follow,
     stdout: bool,
     from: Option<(u64, u64)>,
 ) {
     use std::io::{Read, Seek, Write};
     let mut current: Option<(u64, u64)> = from; // (index, offset)
     loop {
+        // Decided before reading: what the files hold once `done` fired is read in full.
+        let follow = mode.keeps_going();
         let all = indices(&dir, &base);
         let (index, offset) = match current {
             Some(c) => c,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod go;
+pub mod nomad;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;

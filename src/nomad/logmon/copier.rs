@@ -29,6 +29,8 @@ pub struct Copier {
     done: Option<tokio::sync::oneshot::Receiver<()>>,
     alive: Arc<AtomicBool>,
     fifo: PathBuf,
+    /// The copier thread's kernel id, once it runs (0 before).
+    tid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl Copier {
@@ -40,10 +42,13 @@ impl Copier {
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
         let path = fifo.to_path_buf();
+        let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let own_tid = tid.clone();
         std::thread::Builder::new()
             .name("logmon-copier".into())
             .stack_size(128 * 1024)
             .spawn(move || {
+                own_tid.store(nix::unistd::gettid().as_raw(), Ordering::Release);
                 copy(&path, reader, stop_read, rotator);
                 flag.store(false, Ordering::Release);
                 let _ = done_tx.send(());
@@ -53,7 +58,13 @@ impl Copier {
             done: Some(done),
             alive,
             fifo: fifo.to_path_buf(),
+            tid,
         })
+    }
+
+    /// The copier thread's kernel id (0 until it has started).
+    pub fn thread_id(&self) -> i32 {
+        self.tid.load(Ordering::Acquire)
     }
 
     /// Whether the copier thread still runs.
@@ -124,7 +135,10 @@ fn copy(fifo: &Path, mut reader: File, stop: OwnedFd, mut rotator: Rotator) {
     loop {
         match wait(&reader, &stop) {
             Ok(Wake::Data) => match reader.read(&mut buf) {
-                Ok(0) => reader = reopen(fifo, reader),
+                Ok(0) => match reopen(fifo, reader, &stop) {
+                    Some(r) => reader = r,
+                    None => return,
+                },
                 Ok(n) => {
                     if !write_all(&mut rotator, &buf[..n], &stop) {
                         return;
@@ -134,13 +148,19 @@ fn copy(fifo: &Path, mut reader: File, stop: OwnedFd, mut rotator: Rotator) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::error!(fifo = %fifo.display(), "reading log fifo: {e}");
-                    reader = reopen(fifo, reader);
+                    match reopen(fifo, reader, &stop) {
+                        Some(r) => reader = r,
+                        None => return,
+                    }
                 }
             },
             Ok(Wake::Hangup) => {
                 // Drain first: a writer may have written and closed at once.
                 drain(&mut reader, &mut buf, &mut rotator, &stop);
-                reader = reopen(fifo, reader);
+                match reopen(fifo, reader, &stop) {
+                    Some(r) => reader = r,
+                    None => return,
+                }
             }
             Ok(Wake::Stop) => {
                 drain(&mut reader, &mut buf, &mut rotator, &stop);
@@ -169,17 +189,31 @@ fn drain(reader: &mut File, buf: &mut [u8], rotator: &mut Rotator, stop: &OwnedF
 }
 
 /// A fresh read end replaces one that saw EOF; the old one closes only afterwards, so the FIFO
-/// always has a reader (writers never get EPIPE, nothing in the pipe is lost).
-fn reopen(fifo: &Path, old: File) -> File {
-    match open_reader(fifo) {
-        Ok(new) => {
-            tracing::trace!(fifo = %fifo.display(), fd = new.as_raw_fd(), "writer closed the fifo; waiting for the next");
-            drop(old);
-            new
-        }
-        Err(e) => {
-            tracing::error!(fifo = %fifo.display(), "reopening log fifo: {e}");
-            old
+/// always has a reader (writers never get EPIPE, nothing in the pipe is lost). When the FIFO
+/// cannot be opened (removed, replaced by something else) the old end stays, and the open is
+/// retried every second instead of spinning on its hang-up; `None` when stopped meanwhile.
+fn reopen(fifo: &Path, old: File, stop: &OwnedFd) -> Option<File> {
+    let mut reported = false;
+    loop {
+        match open_reader(fifo) {
+            Ok(new) => {
+                tracing::trace!(fifo = %fifo.display(), fd = new.as_raw_fd(), "writer closed the fifo; waiting for the next");
+                if reported {
+                    tracing::info!(fifo = %fifo.display(), "log fifo open again");
+                }
+                drop(old);
+                return Some(new);
+            }
+            Err(e) => {
+                if !reported {
+                    tracing::error!(fifo = %fifo.display(), "reopening log fifo: {e}; retrying every second");
+                    reported = true;
+                }
+                let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+                if matches!(poll(&mut fds, PollTimeout::from(1000u16)), Ok(n) if n > 0) {
+                    return None;
+                }
+            }
         }
     }
 }
@@ -281,5 +315,53 @@ mod tests {
         w.write_all(b"after\n").unwrap();
         wait_for(&d.path().join("t.0"), b"before\nbetween\nafter\n");
         c2.stop(Duration::from_secs(2)).await;
+    }
+
+    /// CPU time (user + system) of one thread of this process, in clock ticks.
+    fn thread_ticks(tid: i32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // After the name, field 3 (the state) is index 0: utime (14) and stime (15) are 11
+        // and 12. Counted by position: tpgid can be -1, and the children's times follow.
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        n(11) + n(12)
+    }
+
+    /// The FIFO vanishes while its writer closes: the copier cannot reopen it and must wait
+    /// (it used to spin on the hang-up at 100% CPU), then resume once the FIFO is back.
+    #[tokio::test]
+    async fn a_fifo_that_cannot_be_reopened_is_retried_without_spinning() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join(".spin.stdout.fifo");
+        mkfifo(&fifo);
+        let rot = Rotator::open(d.path(), "spin", 10, 1 << 20).unwrap();
+        let mut c = Copier::start(&fifo, rot).unwrap();
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"one\n").unwrap();
+        wait_for(&d.path().join("spin.0"), b"one\n");
+        std::fs::remove_file(&fifo).unwrap();
+        drop(w);
+        let tid = c.thread_id();
+        assert!(tid > 0);
+        let before = thread_ticks(tid);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let spent = thread_ticks(tid) - before;
+        eprintln!("SPENT {spent}");
+        assert!(
+            spent < 20,
+            "copier burnt {spent} ticks in 1.5 s with the fifo gone"
+        );
+        assert!(c.is_running());
+        mkfifo(&fifo);
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"two\n").unwrap();
+        drop(w);
+        wait_for(&d.path().join("spin.0"), b"one\ntwo\n");
+        c.stop(Duration::from_secs(2)).await;
     }
 }

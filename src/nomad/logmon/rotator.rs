@@ -146,8 +146,8 @@ impl Rotator {
         loop {
             self.index += 1;
             let path = self.current_path();
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_dir() || m.len() >= self.limit => continue,
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() || (m.is_file() && m.len() >= self.limit) => continue,
                 _ => {}
             }
             self.file = open_append(&path)?;
@@ -181,17 +181,32 @@ fn file_path(dir: &Path, base: &str, index: u64) -> PathBuf {
     dir.join(format!("{base}.{index}"))
 }
 
+/// Opens a log file for appending without following a symlink: the logs dir is writable by the
+/// task, and logmon runs as root, so a task's `web.stdout.0 -> /etc/shadow` must not make it
+/// append there (Nomad 1.7+ opens through `os.Root` for the same reason). A symlink with a log
+/// file's name is logmon's to replace.
 fn open_append(path: &Path) -> Result<File, RotatorError> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .open(path)
-        .map_err(|source| RotatorError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let err = |source| RotatorError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    match open() {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            tracing::warn!(path = %path.display(), "log file was a symlink; replacing it with a file");
+            std::fs::remove_file(path).map_err(err)?;
+            open().map_err(err)
+        }
+        other => other.map_err(err),
+    }
 }
 
 /// Indices `N` of the files `<base>.<N>` in `dir` (directories of that name are not log files).
@@ -319,5 +334,25 @@ mod tests {
         r.write(b"0123456789").unwrap();
         assert_eq!(sizes(d.path(), "t"), vec![(0, 5), (2, 5)]);
         assert!(d.path().join("t.backup").exists() && d.path().join("t.1").is_dir());
+    }
+
+    /// A task that plants `t.0 -> victim` (or a later index) in the shared logs dir gets a
+    /// regular log file there; the victim is never written.
+    #[test]
+    fn symlinks_with_log_file_names_are_replaced_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"secret\n").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("t.0")).unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("t.1")).unwrap();
+        let mut r = Rotator::open(d.path(), "t", 10, 5).unwrap();
+        r.write(b"12345678").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"secret\n");
+        // Writing starts at the highest index (t.1, the link), then rotates to t.2.
+        for (name, want) in [("t.1", &b"12345"[..]), ("t.2", &b"678"[..])] {
+            let p = d.path().join(name);
+            assert!(std::fs::symlink_metadata(&p).unwrap().is_file(), "{name}");
+            assert_eq!(std::fs::read(&p).unwrap(), want, "{name}");
+        }
     }
 }
