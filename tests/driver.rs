@@ -1281,3 +1281,59 @@ async fn started_with_no_arguments_and_nomads_cookie_it_is_the_driver() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("This binary is a plugin"));
 }
+
+/// Soft and hard `Max open files` of a process, from /proc/PID/limits.
+fn nofile(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    (v[3].to_string(), v[4].to_string())
+}
+
+/// A driver started with the common soft limit of 1024 open files (an agent run from a shell)
+/// raises its own to the hard limit, as Go programs do: it holds about ten descriptors per task.
+/// Its helpers and the task get the original soft limit back, as Go's os/exec gives it back.
+#[tokio::test]
+async fn the_driver_raises_its_open_file_limit_and_its_tasks_get_the_original() {
+    use std::os::unix::process::CommandExt;
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    if hard <= 1024 {
+        eprintln!("skipping: the hard open-file limit is {hard}, nothing to raise to");
+        return;
+    }
+    let bin = tempfile::tempdir().unwrap();
+    let link = bin.path().join("goplugin_exec");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let mut cmd = Command::new(&link);
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, hard)?;
+            Ok(())
+        });
+    }
+    let d = start_driver_with(cmd, tempfile::tempdir().unwrap(), bin).await;
+    set_config(&d, vec![], false).await.unwrap();
+    assert_eq!(nofile(d.client.pid()), (hard.to_string(), hard.to_string()));
+    let a = alloc();
+    let t = a.task(
+        "limits",
+        task_config("/bin/sh", &["-c", "ulimit -n; exec sleep 600"], &[]),
+    );
+    let id = t.id.clone();
+    start(&d, t).await;
+    eventually("the task's output", Duration::from_secs(5), || {
+        a.log("limits.stdout.0").contains('\n')
+    })
+    .await;
+    assert_eq!(a.log("limits.stdout.0").trim(), "1024");
+    let i = inspect(&d, &id).await;
+    assert_eq!(nofile(task_pid(&i)).0, "1024");
+    destroy(&d, &id).await;
+    assert_clean(&d, &a).await;
+}

@@ -159,6 +159,29 @@ impl Shared {
     }
 }
 
+/// The soft `RLIMIT_NOFILE` the driver was started with, once it raised its own.
+static ORIGINAL_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Raises the driver's soft open-file limit to the hard one, as Go programs (Nomad's own
+/// drivers among them) do at start: the driver holds about ten descriptors per task, and an
+/// agent started from a shell hands down a soft limit of 1024. Its children get the original
+/// soft limit back ([`original_nofile`]), as Go's os/exec restores it.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        let _ = ORIGINAL_NOFILE.set(soft);
+        tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+    }
+}
+
+/// The soft open-file limit to give children: the one the driver started with, if it raised it.
+pub(crate) fn original_nofile() -> Option<u64> {
+    ORIGINAL_NOFILE.get().copied()
+}
+
 /// Serves the driver until the agent stops it; the process exit code. Tasks and their helpers
 /// keep running after it returns.
 pub fn run(_args: Vec<std::ffi::OsString>) -> i32 {
@@ -169,6 +192,7 @@ pub fn run(_args: Vec<std::ffi::OsString>) -> i32 {
     if let Ok(stderr) = crate::stdio::original_stderr() {
         let _ = crate::hclog::init_plugin_logging_with(DRIVER_NAME, stderr, &filter);
     }
+    raise_nofile_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -192,10 +192,16 @@ fn helper_command(args: &[&str]) -> Result<Command, TaskError> {
         source,
     })?;
     cmd.args(&args[1..]);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    let nofile = super::original_nofile();
+    // SAFETY: setsid and setrlimit are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::unistd::setsid()?;
+            if let Some(soft) = nofile {
+                use nix::sys::resource::{getrlimit, setrlimit, Resource};
+                let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+            }
             Ok(())
         });
     }
