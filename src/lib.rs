@@ -8,6 +8,7 @@ pub mod controller;
 pub(crate) mod gojson;
 pub mod handshake;
 pub mod hclog;
+pub(crate) mod inherit;
 pub mod mux;
 #[cfg(all(feature = "nomad", target_os = "linux"))]
 pub mod nomad;

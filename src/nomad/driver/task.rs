@@ -196,6 +196,7 @@ fn helper_command(args: &[&str]) -> Result<Command, TaskError> {
     // SAFETY: setsid and setrlimit are async-signal-safe and touch no memory of the parent.
     unsafe {
         cmd.pre_exec(move || {
+            crate::inherit::cloexec_from_3();
             nix::unistd::setsid()?;
             if let Some(soft) = nofile {
                 use nix::sys::resource::{getrlimit, setrlimit, Resource};
