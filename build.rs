@@ -38,10 +38,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compile(&["examples/kv.proto"], "kv")?;
     compile(&["examples/counter.proto"], "counter")?;
     compile(&["examples/grpctest.proto"], "grpctest")?;
-    compile(&["nomad/logmon.proto", "nomad/drivers.proto"], "nomad")?;
+    compile(
+        &["nomad/hclspec.proto", "nomad/structs.proto"],
+        "nomad_shared",
+    )?;
+    compile_with(
+        &[
+            "nomad/logmon.proto",
+            "nomad/drivers.proto",
+            "nomad/driver.proto",
+            "nomad/base.proto",
+        ],
+        "nomad",
+        &[
+            (
+                ".hashicorp.nomad.plugins.shared.hclspec",
+                "crate::proto::hclspec",
+            ),
+            (
+                ".hashicorp.nomad.plugins.shared.structs",
+                "crate::proto::structs",
+            ),
+        ],
+    )?;
     compile_with(
         &["nomad/executor.proto"],
-        "nomad",
+        "nomad_executor",
         &[(
             ".hashicorp.nomad.plugins.drivers.proto",
             "crate::proto::drivers",

@@ -187,6 +187,11 @@ impl Broker {
         self.inner.mux.is_some()
     }
 
+    /// Whether [`Broker::close`] was called (the client is going away).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
     /// Closes the broker: pending dials fail, brokered servers stop.
     pub fn close(&self) {
         self.inner.closed.cancel();

@@ -164,6 +164,8 @@ pub struct ClientBuilder {
     cmd: std::process::Command,
     handshake: HandshakeConfig,
     versions: BTreeSet<u32>,
+    /// Whether `versions` replaced the handshake's own version.
+    versions_explicit: bool,
     auto_mtls: bool,
     multiplex: bool,
     socket_dir: Option<PathBuf>,
@@ -195,8 +197,15 @@ impl ClientBuilder {
         self
     }
 
-    /// Also offer these application protocol versions (Go's `VersionedPlugins` keys).
+    /// Offer these application protocol versions (Go's `VersionedPlugins` keys) instead of the
+    /// handshake's own: `.versions([5, 6])` offers exactly `5,6`, as Terraform does. Go offers
+    /// the handshake's `ProtocolVersion` only for an unversioned plugin set, which is what a
+    /// builder without `versions` means. Calls add up.
     pub fn versions(mut self, versions: impl IntoIterator<Item = u32>) -> Self {
+        if !self.versions_explicit {
+            self.versions.clear();
+            self.versions_explicit = true;
+        }
         self.versions.extend(versions);
         self
     }
@@ -329,13 +338,15 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Settings to start `cmd` as a plugin with `handshake` (its protocol version is offered).
+    /// Settings to start `cmd` as a plugin with `handshake` (its protocol version is offered
+    /// unless [`ClientBuilder::versions`] names others).
     pub fn builder(cmd: std::process::Command, handshake: HandshakeConfig) -> ClientBuilder {
         let versions = BTreeSet::from([handshake.protocol_version]);
         ClientBuilder {
             cmd,
             handshake,
             versions,
+            versions_explicit: false,
             auto_mtls: false,
             multiplex: false,
             socket_dir: None,
@@ -650,6 +661,17 @@ impl Starter {
         if b.multiplex {
             cmd.env(env::MULTIPLEX_GRPC, "true");
         }
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure makes one async-signal-safe system call.
+            unsafe {
+                cmd.pre_exec(|| {
+                    crate::inherit::cloexec_from_3();
+                    Ok(())
+                });
+            }
+        }
         if let Some(id) = &identity {
             cmd.env(env::CLIENT_CERT, id.cert_pem());
         }
@@ -909,8 +931,17 @@ fn open_broker_stream(broker: &Broker, channel: &Channel) {
         let stream = match client.start_stream(ReceiverStream::new(rx)).await {
             Ok(resp) => resp.into_inner(),
             Err(e) => {
-                // A plugin without a broker: only brokered calls will fail (as in Go).
-                tracing::debug!("plugin broker stream unavailable: {e}");
+                // A grpc-go plugin sends the stream's headers with its first message, so the
+                // call is still waiting for them when the client is killed: that is the end of
+                // a good stream, not a failure.
+                if broker.is_closed() {
+                    tracing::trace!("plugin broker stream closed with the client: {e}");
+                } else if e.code() == tonic::Code::Unimplemented {
+                    // A plugin without a broker: only brokered calls will fail (as in Go).
+                    tracing::debug!("plugin has no broker service: {e}");
+                } else {
+                    tracing::debug!("plugin broker stream ended: {e}");
+                }
                 broker.detach(&tx);
                 return;
             }

@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub(crate) mod gojson;
 pub mod handshake;
 pub mod hclog;
+pub(crate) mod inherit;
 pub mod mux;
 #[cfg(all(feature = "nomad", target_os = "linux"))]
 pub mod nomad;

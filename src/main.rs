@@ -1,4 +1,5 @@
-//! The `goplugin` binary. Self-re-exec entries (the plugins this binary serves as `goplugin NAME`)
+//! The `goplugin` binary. Run as `goplugin_exec` (or with no arguments and Nomad's cookie) it is
+//! the Nomad task driver. Self-re-exec entries (the plugins this binary serves as `goplugin NAME`)
 //! are dispatched before anything else; the rest is a small CLI: the standalone agent
 //! (`run`, `status`, `logs`, `stop`, `exec`) and two go-plugin helpers.
 
@@ -18,6 +19,8 @@ const ENTRIES: &[goplugin::reexec::Entry] = &[
     goplugin::reexec::Entry::new("logmon", |_| goplugin::nomad::logmon::run()),
     #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new("executor", goplugin::nomad::executor::run),
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
+    goplugin::reexec::Entry::new("driver", goplugin::nomad::driver::run),
 ];
 
 #[derive(Parser)]
@@ -166,6 +169,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Copied into a Nomad agent's plugin_dir as `goplugin_exec`, or started with no arguments
+    // and Nomad's cookie (a 1.6 agent starts every executable there that way): the task driver.
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
+    if goplugin::nomad::driver::invoked_as_driver() {
+        std::process::exit(goplugin::nomad::driver::run(vec![]));
+    }
     goplugin::reexec::dispatch(ENTRIES);
     let cli = Cli::parse();
     if cli.verbose {

@@ -34,8 +34,8 @@ pub mod logmon {
     ));
 }
 
-/// The messages of Nomad's driver proto that the executor uses
-/// (`hashicorp.nomad.plugins.drivers.proto`).
+/// Nomad's driver proto (`hashicorp.nomad.plugins.drivers.proto`): the `Driver` service and
+/// its messages, which the executor shares.
 pub mod drivers {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(
@@ -49,6 +49,34 @@ pub mod executor {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(
         env!("OUT_DIR"),
-        "/nomad/hashicorp.nomad.plugins.executor.proto.rs"
+        "/nomad_executor/hashicorp.nomad.plugins.executor.proto.rs"
+    ));
+}
+
+/// Nomad's base plugin service `hashicorp.nomad.plugins.base.proto.BasePlugin`.
+pub mod base {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/nomad/hashicorp.nomad.plugins.base.proto.rs"
+    ));
+}
+
+/// Nomad's HCL schema messages (`hashicorp.nomad.plugins.shared.hclspec`).
+pub mod hclspec {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/nomad_shared/hashicorp.nomad.plugins.shared.hclspec.rs"
+    ));
+}
+
+/// Nomad's shared plugin structs (`hashicorp.nomad.plugins.shared.structs`): attributes and the
+/// recoverable-error detail.
+pub mod structs {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/nomad_shared/hashicorp.nomad.plugins.shared.structs.rs"
     ));
 }

@@ -82,4 +82,30 @@ async fn go_plugin_stderr_becomes_tracing_events_at_go_levels() {
         "{errors_after} error lines after the panic"
     );
     assert!(raw.text().contains("HELLO\nWORLD\n"), "raw stderr copy");
+
+    // Killing a healthy grpc-go plugin ends its broker stream while the call still waits for
+    // headers (grpc-go sends them with the first message): not worth a debug line.
+    let before = logs.text().len();
+    let client = Client::builder(compat(&["stderr"]), handshake())
+        .start()
+        .await
+        .unwrap();
+    client.kill().await;
+    // The stream's task logs once the connection is gone: give it that moment.
+    for _ in 0..100 {
+        if logs.text()[before..].contains("broker stream") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = logs.text()[before..].to_string();
+    let noisy: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains("broker stream") && !l.contains("TRACE"))
+        .collect();
+    assert!(noisy.is_empty(), "{noisy:?}");
+    assert!(
+        after.contains("broker stream closed with the client"),
+        "{after}"
+    );
 }

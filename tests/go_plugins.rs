@@ -89,7 +89,7 @@ async fn reference_pre_shared_tls() {
 }
 
 /// Mirrors go-plugin TestClient_versionedClient (B: `test-versioned-plugins`, versions {2} over
-/// pre-shared TLS): the host offers 1 and 2, the plugin picks 2.
+/// pre-shared TLS): the host offers 2 (its versioned set), the plugin picks 2.
 #[tokio::test]
 async fn reference_versioned_plugins() {
     let client = Client::builder(

@@ -355,3 +355,65 @@ async fn failed_start_leaves_no_socket_dir_behind() {
     let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// The versions offered in `PLUGIN_PROTOCOL_VERSIONS`: the handshake's own without
+/// `versions`, exactly the named ones with it (Terraform offers `5,6`; go-plugin adds the
+/// legacy version only for an unversioned plugin set).
+#[tokio::test]
+async fn offers_exactly_the_named_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("versions");
+    let cases: [(&[u32], &str); 3] = [(&[], "1"), (&[5, 6], "5,6"), (&[6, 5, 6], "5,6")];
+    for (versions, want) in cases {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "echo \"$PLUGIN_PROTOCOL_VERSIONS\" > {}",
+            seen.display()
+        ));
+        let mut b = Client::builder(cmd, test_handshake().with_protocol_version(1));
+        if !versions.is_empty() {
+            b = b.versions(versions.iter().copied());
+        }
+        let err = b.start().await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::ExitedBeforeConnect { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap().trim(),
+            want,
+            "{versions:?}"
+        );
+    }
+}
+
+/// A plugin gets fds 0, 1 and 2 only, as go-plugin's os/exec gives it: a descriptor the host
+/// holds without close-on-exec (a shell's, a library's) does not leak into it.
+#[tokio::test]
+async fn the_plugin_inherits_no_descriptor_of_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let leaky = std::fs::File::open("/dev/null").unwrap();
+    // dup(2) makes a descriptor without O_CLOEXEC.
+    let inherited = nix::unistd::dup(&leaky).unwrap();
+    use std::os::fd::AsRawFd;
+    let n = inherited.as_raw_fd();
+    let seen = dir.path().join("fds");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ls /proc/$$/fd > {}", seen.display()));
+    let err = Client::builder(cmd, test_handshake())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::ExitedBeforeConnect { .. }),
+        "{err}"
+    );
+    let fds: Vec<i32> = std::fs::read_to_string(&seen)
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert!(!fds.contains(&n), "fd {n} leaked into the plugin: {fds:?}");
+    assert!(fds.contains(&0) && fds.contains(&2), "{fds:?}");
+}

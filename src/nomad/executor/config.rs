@@ -166,9 +166,21 @@ mod tests {
             ExecutorConfig::from_args(&[r#"{"LogLevel":"loud"}"#.into()]),
             Err(ConfigError::LogLevel(_))
         ));
-        assert!(matches!(
-            ExecutorConfig::from_args(&[r#"{"FSIsolation":"yes"}"#.into()]),
-            Err(ConfigError::Json(_))
-        ));
+        for bad in [
+            r#"{"FSIsolation":"yes"}"#,
+            r#"{"CpuTotalTicks":"4600"}"#,
+            r#"{"CpuTotalTicks":-1}"#,
+            r#"{"Compute":{"tc":4600,"nc":"2"}}"#,
+            r#"{"Compute":[4600,2]}"#,
+            r#"["LogFile"]"#,
+        ] {
+            assert!(
+                matches!(
+                    ExecutorConfig::from_args(&[bad.into()]),
+                    Err(ConfigError::Json(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

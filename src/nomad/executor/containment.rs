@@ -423,6 +423,35 @@ mod tests {
         assert_eq!(Placement::of(&req), Placement::AgentManaged);
     }
 
+    /// A request carrying both generations' signals: `basic_process_cgroup` is only ever sent by
+    /// a 1.6 agent, so its rules win; a memory maximum below the reservation is written as given
+    /// (the kernel takes a soft limit above the hard one as a hint; Nomad's scheduler refuses it
+    /// before it gets here).
+    #[test]
+    #[allow(deprecated)]
+    fn contradictory_requests_have_a_defined_outcome() {
+        let req = LaunchRequest {
+            basic_process_cgroup: true,
+            resources: resources("/sys/fs/cgroup/cpuset/nomad/share", 64),
+            ..Default::default()
+        };
+        assert_eq!(Placement::of(&req), Placement::Nomad16Freezer);
+        let mut r = resources("", 128).unwrap();
+        if let Some(m) = r
+            .allocated_resources
+            .as_mut()
+            .and_then(|a| a.memory.as_mut())
+        {
+            m.memory_max_mb = 64;
+        }
+        let l = limits_of(Some(&r));
+        assert_eq!(
+            (l.memory_hard, l.memory_soft),
+            (Some(64 << 20), Some(128 << 20))
+        );
+        assert_eq!(limits_of(None), Limits::default());
+    }
+
     #[test]
     fn task_dirs_name_the_alloc_and_task_as_nomad_derives_them() {
         assert_eq!(

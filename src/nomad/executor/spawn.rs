@@ -93,6 +93,7 @@ impl ChildSetup {
         // locks), as required between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                crate::inherit::cloexec_from_3();
                 if new_session {
                     nix::unistd::setsid()?;
                 }
@@ -171,5 +172,24 @@ mod tests {
             lines[4].ends_with("0000000000000000"),
             "no effective caps: {text}"
         );
+    }
+
+    /// A task gets the descriptors it was given on 0, 1 and 2 only, none the executor holds
+    /// without close-on-exec (as Nomad's os/exec gives it).
+    #[test]
+    fn the_child_inherits_only_its_stdio() {
+        use std::os::fd::AsRawFd;
+        let leaky = std::fs::File::open("/dev/null").unwrap();
+        let inherited = nix::unistd::dup(&leaky).unwrap();
+        let n = inherited.as_raw_fd();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "ls /proc/$$/fd"]);
+        ChildSetup::default().apply(&mut cmd);
+        let out = cmd.output().unwrap();
+        let fds: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        assert!(!fds.contains(&n), "fd {n} leaked: {fds:?}");
     }
 }

@@ -320,16 +320,16 @@ mod tests {
     /// CPU time (user + system) of one thread of this process, in clock ticks.
     fn thread_ticks(tid: i32) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
-        let f: Vec<u64> = stat
+        let f: Vec<&str> = stat
             .rsplit(')')
             .next()
             .unwrap_or("")
             .split_whitespace()
-            .filter_map(|v| v.parse().ok())
             .collect();
-        // utime and stime are fields 14 and 15; after the name and the state letter (which
-        // does not parse) they are the 11th and 12th numbers.
-        f[10] + f[11]
+        // After the name, field 3 (the state) is index 0: utime (14) and stime (15) are 11
+        // and 12. Counted by position: tpgid can be -1, and the children's times follow.
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        n(11) + n(12)
     }
 
     /// The FIFO vanishes while its writer closes: the copier cannot reopen it and must wait
@@ -351,6 +351,7 @@ mod tests {
         let before = thread_ticks(tid);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let spent = thread_ticks(tid) - before;
+        eprintln!("SPENT {spent}");
         assert!(
             spent < 20,
             "copier burnt {spent} ticks in 1.5 s with the fifo gone"
