@@ -192,21 +192,30 @@ fn file_path(dir: &Path, base: &str, index: u64) -> PathBuf {
 /// file's name is logmon's to replace.
 fn open_append(path: &Path) -> Result<File, RotatorError> {
     use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO planted under a log file's name must not block the open (logmon
+    // would hang on it); it is refused below like any other non-file.
     let open = || {
-        OpenOptions::new()
+        let f = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path)?;
+        if f.metadata()?.is_file() {
+            Ok(f)
+        } else {
+            Err(io::Error::from_raw_os_error(nix::libc::ELOOP))
+        }
     };
     let err = |source| RotatorError::Open {
         path: path.to_path_buf(),
         source,
     };
     match open() {
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            tracing::warn!(path = %path.display(), "log file was a symlink; replacing it with a file");
+        // A symlink (ELOOP from O_NOFOLLOW), or a FIFO or device (ENXIO without a reader, or
+        // refused above once open): logmon's name, logmon's to replace with a file.
+        Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ELOOP | nix::libc::ENXIO)) => {
+            tracing::warn!(path = %path.display(), "log file was not a regular file; replacing it with one");
             std::fs::remove_file(path).map_err(err)?;
             open().map_err(err)
         }
@@ -400,5 +409,23 @@ mod tests {
             assert!(std::fs::symlink_metadata(&p).unwrap().is_file(), "{name}");
             assert_eq!(std::fs::read(&p).unwrap(), want, "{name}");
         }
+    }
+
+    /// A FIFO (or other non-file) planted under a log file's name would block the open or take
+    /// the output: it is replaced by a regular file.
+    #[test]
+    fn a_fifo_with_a_log_file_name_is_replaced_not_opened() {
+        use std::os::unix::fs::FileTypeExt;
+        let d = tempfile::tempdir().unwrap();
+        let planted = d.path().join("t.0");
+        nix::unistd::mkfifo(&planted, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(std::fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let mut r = Rotator::open(d.path(), "t", 10, 1024).unwrap();
+        r.write(b"line\n").unwrap();
+        assert!(std::fs::symlink_metadata(&planted).unwrap().is_file());
+        assert_eq!(std::fs::read(&planted).unwrap(), b"line\n");
     }
 }
