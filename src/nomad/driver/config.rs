@@ -221,12 +221,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // `*` first: a `*` in the name is a plain character, not a match for the pattern's.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((sp, sn)) = star {
             pi = sp + 1;
             ni = sn + 1;
@@ -331,5 +332,15 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
         assert_eq!(env_list(&env, &["SECRET_*".into()]), vec!["A=1", "B=2"]);
+    }
+
+    /// Found by fuzz/driver_msgpack: the pattern's `*` was matched literally against a `*` in
+    /// the name, and then the star could not take the rest (`*E*` did not match `*E*GN`).
+    #[test]
+    fn a_star_in_the_name_is_a_plain_character() {
+        assert!(glob_match("*E*", "*E*GN"));
+        assert!(glob_match("*a", "*ba"));
+        assert!(glob_match("*", "*"));
+        assert!(!glob_match("a*", "*a"));
     }
 }
