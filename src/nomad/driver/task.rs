@@ -884,27 +884,21 @@ pub fn reap_orphans(task: &ProcessIdentity) {
     let cgroups = executor_made_cgroups(task.pid);
     let _ = signals::kill_group(task.pid, nix::sys::signal::Signal::SIGKILL);
     let _ = signals::kill_pid(task.pid, nix::sys::signal::Signal::SIGKILL);
-    for dir in &cgroups {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-            let _ = signals::kill_pid(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-    for dir in cgroups {
-        for _ in 0..50 {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
+    if !cgroups.is_empty() {
+        let mode = crate::nomad::executor::cgroups::detect_mode();
+        let cg = crate::nomad::executor::cgroups::TaskCgroup::adopted(mode, cgroups);
+        cg.kill_all();
+        if let Err(e) = cg.remove() {
+            tracing::warn!("{e}");
         }
     }
 }
 
-fn executor_made_cgroups(pid: u32) -> Vec<PathBuf> {
+/// The (controller, directory) pairs of `pid`'s cgroups that an executor made.
+fn executor_made_cgroups(pid: u32) -> Vec<(String, PathBuf)> {
     let raw = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let root = Path::new(crate::nomad::executor::cgroups::CGROUP_ROOT);
-    let mut out = Vec::new();
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
     for line in raw.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -915,15 +909,15 @@ fn executor_made_cgroups(pid: u32) -> Vec<PathBuf> {
             continue;
         }
         let rel = path.trim_start_matches('/');
-        let dir = if controllers.is_empty() {
-            root.join(rel)
+        let (controller, dir) = if controllers.is_empty() {
+            (String::new(), root.join(rel))
         } else if let Some(first) = controllers.split(',').next().filter(|c| !c.contains('=')) {
-            root.join(first).join(rel)
+            (first.to_string(), root.join(first).join(rel))
         } else {
             continue;
         };
-        if dir.join("cgroup.procs").exists() && !out.contains(&dir) {
-            out.push(dir);
+        if dir.join("cgroup.procs").exists() && !out.iter().any(|(_, d)| *d == dir) {
+            out.push((controller, dir));
         }
     }
     out
@@ -931,14 +925,20 @@ fn executor_made_cgroups(pid: u32) -> Vec<PathBuf> {
 
 /// `/nomad/<uuid>` (1.6 basic cgroup), `/goplugin/<pid>`, `/goplugin.slice/<pid>.scope`.
 fn is_executor_made(path: &str) -> bool {
-    if let Some(rest) = path.strip_prefix("/nomad/") {
+    use crate::nomad::executor::containment::{NOMAD_PARENT, OWN_PARENT};
+    let under = |parent: &str| {
+        path.strip_prefix('/')?
+            .strip_prefix(parent)?
+            .strip_prefix('/')
+    };
+    if let Some(rest) = under(NOMAD_PARENT) {
         return rest.len() == 36 && rest.chars().filter(|c| *c == '-').count() == 4;
     }
     let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
-    if let Some(rest) = path.strip_prefix("/goplugin/") {
+    if let Some(rest) = under(OWN_PARENT) {
         return digits(rest);
     }
-    path.strip_prefix("/goplugin.slice/")
+    under(&format!("{OWN_PARENT}.slice"))
         .and_then(|r| r.strip_suffix(".scope"))
         .is_some_and(digits)
 }

@@ -310,6 +310,28 @@ impl TaskCgroup {
         }
     }
 
+    /// Cgroups a dead executor made and can no longer clean up, taken over by whoever finds
+    /// them (the driver): owned, so [`TaskCgroup::kill_all`] freezes and kills through them and
+    /// [`TaskCgroup::remove`] removes them. `dirs` are (controller, directory), "" on v2.
+    pub fn adopted(mode: CgroupMode, dirs: Vec<(String, PathBuf)>) -> TaskCgroup {
+        let by = |name: &str| {
+            dirs.iter()
+                .find(|(c, _)| c == name || c.is_empty())
+                .map(|(_, d)| d.clone())
+        };
+        TaskCgroup {
+            mode: Some(mode),
+            stats: by("freezer")
+                .or_else(|| by("pids"))
+                .or_else(|| by("memory"))
+                .or_else(|| dirs.first().map(|(_, d)| d.clone())),
+            memory: by("memory"),
+            freezer: by("freezer").filter(|_| mode == CgroupMode::V1),
+            owned: dirs.iter().map(|(_, d)| d.clone()).collect(),
+            join: dirs,
+        }
+    }
+
     /// Whether this executor created (and will remove) any of the directories.
     pub fn is_owned(&self) -> bool {
         !self.owned.is_empty()
