@@ -566,15 +566,10 @@ async fn follow_logs(
     let _ = err.await;
 }
 
+/// The indices of `<base>.<N>` log files in `dir`, ascending: logmon's own scan, so the agent
+/// reads exactly the files the rotator writes (no directories, no `t.01` aliases).
 pub(crate) fn indices(dir: &Path, base: &str) -> Vec<u64> {
-    let prefix = format!("{base}.");
-    let mut v: Vec<u64> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut v = crate::nomad::logmon::rotator::existing_indices(dir, base).unwrap_or_default();
     v.sort_unstable();
     v
 }
