@@ -20,6 +20,16 @@ const ENTRIES: &[goplugin::reexec::Entry] = &[
     #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new("executor", goplugin::nomad::executor::run),
     #[cfg(all(feature = "nomad", target_os = "linux"))]
+    goplugin::reexec::Entry::new(
+        "container-init",
+        goplugin::nomad::executor::isolation::stage::init_main,
+    ),
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
+    goplugin::reexec::Entry::new(
+        "container-exec",
+        goplugin::nomad::executor::isolation::stage::exec_main,
+    ),
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new("driver", goplugin::nomad::driver::run),
 ];
 

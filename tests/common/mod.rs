@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod chroot;
 pub mod faults;
 pub mod go;
 pub mod nomad;

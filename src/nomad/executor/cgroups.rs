@@ -332,6 +332,19 @@ impl TaskCgroup {
         }
     }
 
+    /// The directory of `controller` (a v1 hierarchy whose name lists it, or the v2 tree).
+    pub fn dir(&self, controller: &str) -> Option<&Path> {
+        self.join
+            .iter()
+            .find(|(c, _)| c.is_empty() || c == controller || c.split(',').any(|n| n == controller))
+            .map(|(_, d)| d.as_path())
+    }
+
+    /// The hierarchy this cgroup lives in.
+    pub fn mode(&self) -> Option<CgroupMode> {
+        self.mode
+    }
+
     /// Whether this executor created (and will remove) any of the directories.
     pub fn is_owned(&self) -> bool {
         !self.owned.is_empty()

@@ -214,7 +214,7 @@ fn nomad16(req: &LaunchRequest, host: &Host) -> Result<Option<TaskCgroup>, Conta
 
 /// The alloc ID and task name a task dir `<alloc dir>/<alloc id>/<task>` names, as Nomad's
 /// executor derives them.
-fn alloc_and_task(task_dir: &str) -> Option<(String, String)> {
+pub(crate) fn alloc_and_task(task_dir: &str) -> Option<(String, String)> {
     let dir = Path::new(task_dir);
     let task = dir.file_name()?.to_str()?.to_string();
     let alloc = dir.parent()?.file_name()?.to_str()?.to_string();
@@ -359,7 +359,7 @@ fn sweep_stale_own(host: &Host) {
 }
 
 /// A random RFC 4122 version-4 UUID, as Nomad names 1.6 basic cgroups.
-fn random_uuid() -> String {
+pub(crate) fn random_uuid() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;

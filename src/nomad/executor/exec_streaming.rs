@@ -85,6 +85,9 @@ pub(crate) async fn run(
     let Some((program, args)) = setup.command.split_first() else {
         return Err(unknown("command is required"));
     };
+    if let Some(t) = task.as_ref().filter(|t| t.container.is_some()) {
+        return run_in_container(t, setup.command.clone(), setup.tty, inbound).await;
+    }
     let bin = resolve_exec(program, task.as_deref())?;
     let v2 = cgroups::detect_mode() == CgroupMode::V2;
     let (mut cmd, mut child_setup) = task_command(&bin, args, task.as_deref(), v2, true);
@@ -112,6 +115,49 @@ pub(crate) async fn run(
             .spawn()
             .map_err(|e| unknown(format!("failed to start {}: {e}", bin.display())))?;
         tokio::spawn(run_pipes(child, inbound, tx));
+    }
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// ExecStreaming inside an isolated task's container: the stage enters it and, for a TTY,
+/// makes the PTY there and hands back its master.
+async fn run_in_container(
+    task: &Task,
+    argv: Vec<String>,
+    tty: bool,
+    inbound: Streaming<ExecTaskStreamingRequest>,
+) -> Result<ExecStream, Status> {
+    let Some(container) = task.container.as_ref() else {
+        return Err(unknown("the task has no container"));
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let piped = || {
+        [
+            std::process::Stdio::piped(),
+            std::process::Stdio::piped(),
+            std::process::Stdio::piped(),
+        ]
+    };
+    let null = || {
+        [
+            std::process::Stdio::null(),
+            std::process::Stdio::null(),
+            std::process::Stdio::null(),
+        ]
+    };
+    let stdio = if tty { null() } else { piped() };
+    let started = container
+        .exec(argv, tty, stdio, task.cgroup.as_ref())
+        .await
+        .map_err(unknown)?;
+    match (tty, started.pty) {
+        (true, Some(master)) => {
+            tokio::spawn(run_tty(started.child, master, inbound, tx));
+        }
+        (true, None) => return Err(unknown("the container stage made no terminal")),
+        (false, _) => {
+            tokio::spawn(run_pipes(started.child, inbound, tx));
+        }
     }
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }

@@ -59,7 +59,7 @@ fn search_path(cmd: &str, path_var: Option<&str>) -> Option<PathBuf> {
         })
 }
 
-fn make_executable(path: &Path) -> Result<(), LookupError> {
+pub(crate) fn make_executable(path: &Path) -> Result<(), LookupError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| LookupError::Unusable {
         path: path.to_path_buf(),

@@ -1,12 +1,13 @@
-//! Nomad's executor, `nomad executor <json>` (spec nomad-executor-logmon.md §3-§6): the
-//! universal (non-isolated) executor that raw_exec uses, with Nomad's argv, handshake and gRPC
-//! service. `FSIsolation: true` is refused: isolation is not built, and a task asking for it must
-//! never run unisolated.
+//! Nomad's executor, `nomad executor <json>` (spec nomad-executor-logmon.md §3-§6), with Nomad's
+//! argv, handshake and gRPC service: the universal executor that raw_exec uses, and with
+//! `FSIsolation: true` the isolated one that exec uses ([`isolation`]: chroot, namespaces,
+//! capabilities, cgroups in every hierarchy).
 
 pub mod cgroups;
 pub mod config;
 pub mod containment;
 mod exec_streaming;
+pub mod isolation;
 pub mod lookup;
 pub mod procstats;
 pub mod service;
@@ -29,13 +30,6 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
             return 1;
         }
     };
-    if cfg.fs_isolation {
-        crate::stdio::write_stderr(
-            "executor: FSIsolation (the isolated executor) is not available in goplugin; \
-             refusing to run the task without the isolation it asked for\n",
-        );
-        return 1;
-    }
     if let Err(e) = init_logging(&cfg) {
         crate::stdio::write_stderr(&format!("executor: {e}\n"));
         return 1;
@@ -50,7 +44,13 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
             return 1;
         }
     };
-    let executor = service::ExecutorService::new(cfg.effective_compute());
+    let executor = if cfg.fs_isolation {
+        // Nomad 1.6 sends `CpuTotalTicks`, 1.7+ `Compute`: the generation decides user
+        // resolution, cgroup names and the parent-death signal.
+        service::ExecutorService::isolated(cfg.effective_compute(), cfg.cpu_total_ticks.is_some())
+    } else {
+        service::ExecutorService::new(cfg.effective_compute())
+    };
     let registered = executor.clone();
     let served = runtime.block_on(
         Server::new(super::handshake())
@@ -72,9 +72,14 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
 /// hclog lines go to `LogFile` (created or appended, mode 0666) at `LogLevel`, else to stderr.
 fn init_logging(cfg: &ExecutorConfig) -> Result<(), String> {
     let filter = cfg.filter_directive().map_err(|e| e.to_string())?;
+    let name = if cfg.fs_isolation {
+        "isolated_executor"
+    } else {
+        "executor"
+    };
     if cfg.log_file.is_empty() {
         return crate::hclog::init_plugin_logging_with(
-            "executor",
+            name,
             crate::stdio::original_stderr().map_err(|e| e.to_string())?,
             filter,
         )
@@ -87,5 +92,5 @@ fn init_logging(cfg: &ExecutorConfig) -> Result<(), String> {
         .mode(0o666)
         .open(&cfg.log_file)
         .map_err(|e| format!("opening LogFile {}: {e}", cfg.log_file))?;
-    crate::hclog::init_plugin_logging_with("executor", file, filter).map_err(|e| e.to_string())
+    crate::hclog::init_plugin_logging_with(name, file, filter).map_err(|e| e.to_string())
 }

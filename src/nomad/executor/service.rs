@@ -16,6 +16,8 @@ use super::cgroups::{self, CgroupMode, TaskCgroup};
 use super::config::Compute;
 use super::containment::{self, Host};
 use super::exec_streaming;
+use super::isolation::cgroup::CgroupStats;
+use super::isolation::container::{self, Container};
 use super::procstats::{descendants, StatsTracker};
 use super::signals::{kill_group, kill_pid, parse_shutdown_signal};
 use super::spawn::{ChildSetup, Identity};
@@ -36,6 +38,8 @@ pub(crate) struct Task {
     pub(crate) cwd: PathBuf,
     pub(crate) identity: Option<Identity>,
     pub(crate) cgroup: Option<TaskCgroup>,
+    /// The container of an isolated task.
+    pub(crate) container: Option<Container>,
     state: watch::Receiver<Option<ProcessState>>,
 }
 
@@ -70,6 +74,9 @@ impl Task {
 #[derive(Clone, Default)]
 pub struct ExecutorService {
     compute: Compute,
+    /// `Some(legacy)` for the isolated executor (`FSIsolation: true`); `legacy` when a Nomad
+    /// 1.6 agent sent the Launch.
+    isolation: Option<bool>,
     task: Arc<Mutex<Option<Arc<Task>>>>,
     /// Held for the whole of a Launch, so two racing Launches cannot both spawn.
     launching: Arc<tokio::sync::Mutex<()>>,
@@ -80,8 +87,18 @@ impl ExecutorService {
     pub fn new(compute: Compute) -> Self {
         Self {
             compute,
+            isolation: None,
             task: Arc::default(),
             launching: Arc::default(),
+        }
+    }
+
+    /// The isolated executor (`FSIsolation: true`); `legacy` when the argv came from Nomad 1.6
+    /// (`CpuTotalTicks`).
+    pub fn isolated(compute: Compute, legacy: bool) -> Self {
+        Self {
+            isolation: Some(legacy),
+            ..Self::new(compute)
         }
     }
 
@@ -91,6 +108,14 @@ impl ExecutorService {
     pub fn cleanup(&self) {
         if let Some(task) = self.current() {
             if let Some(cg) = task.cgroup.as_ref().filter(|cg| cg.is_owned()) {
+                // A Nomad 1.7+ isolated task dies with its executor (parent-death signal).
+                if task
+                    .container
+                    .as_ref()
+                    .is_some_and(|c| c.process.parent_death_kill)
+                {
+                    cg.kill_all();
+                }
                 if cg.pids().is_empty() {
                     let _ = cg.remove();
                 }
@@ -114,6 +139,59 @@ fn exit_state(pid: u32, exit_code: i32, signal: i32, oom_killed: bool) -> Proces
         signal,
         time: Some(now()),
         oom_killed,
+    }
+}
+
+/// Waits for the task in the background; the receiver gets its final state once.
+fn watch_exit(
+    mut child: tokio::process::Child,
+    pid: u32,
+    cgroup: Option<TaskCgroup>,
+) -> watch::Receiver<Option<ProcessState>> {
+    let (state_tx, state) = watch::channel(None);
+    tokio::spawn(async move {
+        let state = match child.wait().await {
+            Ok(status) => {
+                let (code, sig) = exit_of(status);
+                let oom = cgroup.as_ref().is_some_and(TaskCgroup::oom_killed);
+                exit_state(pid, code, sig, oom)
+            }
+            Err(_) => exit_state(pid, 1, 0, false),
+        };
+        tracing::debug!(pid, exit_code = state.exit_code, "task exited");
+        let _ = state_tx.send(Some(state));
+    });
+    state
+}
+
+impl ExecutorService {
+    /// Launch of the isolated executor: the container is built and entered by its stage; the
+    /// task is its pid 1 (or a host-PID-namespace process with `pid_mode = "host"`).
+    async fn launch_isolated(
+        &self,
+        req: LaunchRequest,
+        legacy: bool,
+    ) -> Result<Response<LaunchResponse>, Status> {
+        let stdout = open_output(&req.stdout_path).await?;
+        let stderr = open_output(&req.stderr_path).await?;
+        let launched = container::launch(&req, legacy, self.compute, stdout, stderr)
+            .await
+            .map_err(unknown)?;
+        let pid = launched.container.init_pid;
+        let state = watch_exit(launched.child, pid, launched.cgroup.clone());
+        let task = Task {
+            pid,
+            env: launched.container.process.env.clone(),
+            cwd: PathBuf::from(&req.task_dir),
+            identity: None,
+            cgroup: launched.cgroup,
+            container: Some(launched.container),
+            state,
+        };
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(task));
+        Ok(Response::new(LaunchResponse {
+            process: Some(exit_state(pid, -1, 0, false)),
+        }))
     }
 }
 
@@ -236,6 +314,9 @@ impl Executor for ExecutorService {
         if self.current().is_some() {
             return Err(unknown("this executor has already launched a task"));
         }
+        if let Some(legacy) = self.isolation {
+            return self.launch_isolated(req, legacy).await;
+        }
         let task_dir = PathBuf::from(&req.task_dir);
         let bin = lookup::resolve(&req.cmd, &task_dir, std::env::var("PATH").ok().as_deref())
             .map_err(unknown)?;
@@ -259,6 +340,7 @@ impl Executor for ExecutorService {
             cwd,
             identity,
             cgroup,
+            container: None,
             state: watch::channel(None).1,
         };
         let (mut cmd, mut setup) = task_command(&bin, &req.args, Some(&partial), true, false);
@@ -267,27 +349,14 @@ impl Executor for ExecutorService {
             .stdout(stdout)
             .stderr(stderr);
         setup.apply(&mut cmd);
-        let mut child = tokio::process::Command::from(cmd)
+        let child = tokio::process::Command::from(cmd)
             .spawn()
             .map_err(|e| unknown(format!("failed to launch command {}: {e}", bin.display())))?;
         let Some(pid) = child.id() else {
             return Err(unknown("the task exited before its pid could be read"));
         };
         made.keep();
-        let (state_tx, state) = watch::channel(None);
-        let cgroup_for_oom = partial.cgroup.clone();
-        tokio::spawn(async move {
-            let state = match child.wait().await {
-                Ok(status) => {
-                    let (code, sig) = exit_of(status);
-                    let oom = cgroup_for_oom.as_ref().is_some_and(TaskCgroup::oom_killed);
-                    exit_state(pid, code, sig, oom)
-                }
-                Err(_) => exit_state(pid, 1, 0, false),
-            };
-            tracing::debug!(pid, exit_code = state.exit_code, "task exited");
-            let _ = state_tx.send(Some(state));
-        });
+        let state = watch_exit(child, pid, partial.cgroup.clone());
         let task = Task {
             pid,
             state,
@@ -329,7 +398,9 @@ impl Executor for ExecutorService {
         // The whole process group, then whatever is left in a cgroup this executor made (Nomad
         // 1.6's group killer; a 1.7+ agent freezes and kills its own cgroups itself).
         let _ = kill_group(task.pid, Signal::SIGKILL);
-        if let Some(cg) = task.cgroup.clone().filter(TaskCgroup::is_owned) {
+        // An isolated task's container goes entirely, whoever made its cgroups.
+        let isolated = task.container.is_some();
+        if let Some(cg) = task.cgroup.clone().filter(|cg| isolated || cg.is_owned()) {
             tokio::task::spawn_blocking(move || cg.kill_all())
                 .await
                 .map_err(unknown)?;
@@ -338,7 +409,11 @@ impl Executor for ExecutorService {
             .await
             .is_err()
         {
-            return Err(unknown("process did not exit after 15 seconds"));
+            return Err(unknown(if isolated {
+                "process failed to exit after 15 seconds"
+            } else {
+                "process did not exit after 15 seconds"
+            }));
         }
         if let Some(cg) = &task.cgroup {
             if let Err(e) = cg.remove() {
@@ -376,9 +451,20 @@ impl Executor for ExecutorService {
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             let mut tracker = StatsTracker::default();
+            let mut from_cgroup = CgroupStats::default();
             loop {
-                let pids = service.current().map(|t| t.pids()).unwrap_or_default();
-                let stats = tracker.sample(&pids, service.compute.total_mhz, service.compute.cores);
+                let task = service.current();
+                let isolated_cg = task
+                    .as_ref()
+                    .filter(|t| t.container.is_some())
+                    .and_then(|t| t.cgroup.clone());
+                let stats = match isolated_cg {
+                    Some(cg) => from_cgroup.sample(&cg, service.compute),
+                    None => {
+                        let pids = task.map(|t| t.pids()).unwrap_or_default();
+                        tracker.sample(&pids, service.compute.total_mhz, service.compute.cores)
+                    }
+                };
                 let msg = StatsResponse { stats: Some(stats) };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
@@ -415,18 +501,37 @@ impl Executor for ExecutorService {
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
         let task = self.current();
-        let bin = resolve_exec(&req.cmd, task.as_deref())?;
-        let v2 = cgroups::detect_mode() == CgroupMode::V2;
-        let (mut cmd, setup) = task_command(&bin, &req.args, task.as_deref(), v2, false);
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(unknown)?;
         let write2 = write.try_clone().map_err(unknown)?;
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::from(write))
-            .stderr(std::process::Stdio::from(write2));
-        setup.apply(&mut cmd);
-        let mut child = tokio::process::Command::from(cmd)
-            .spawn()
-            .map_err(|e| unknown(format!("failed to start {}: {e}", bin.display())))?;
+        let container = task.as_ref().and_then(|t| Some((t, t.container.as_ref()?)));
+        let isolated = container.is_some();
+        let mut child = match container {
+            Some((t, c)) => {
+                let mut argv = vec![req.cmd.clone()];
+                argv.extend(req.args.iter().cloned());
+                let stdio = [
+                    std::process::Stdio::null(),
+                    std::process::Stdio::from(write),
+                    std::process::Stdio::from(write2),
+                ];
+                c.exec(argv, false, stdio, t.cgroup.as_ref())
+                    .await
+                    .map_err(unknown)?
+                    .child
+            }
+            None => {
+                let bin = resolve_exec(&req.cmd, task.as_deref())?;
+                let v2 = cgroups::detect_mode() == CgroupMode::V2;
+                let (mut cmd, setup) = task_command(&bin, &req.args, task.as_deref(), v2, false);
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::from(write))
+                    .stderr(std::process::Stdio::from(write2));
+                setup.apply(&mut cmd);
+                tokio::process::Command::from(cmd)
+                    .spawn()
+                    .map_err(|e| unknown(format!("failed to start {}: {e}", bin.display())))?
+            }
+        };
         let pid = child.id();
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -456,6 +561,10 @@ impl Executor for ExecutorService {
                     let _ = kill_group(pid, Signal::SIGKILL);
                 }
                 let _ = child.wait().await;
+                if isolated {
+                    // The isolated executor's Exec ends with the context's error.
+                    return Err(Status::deadline_exceeded("context deadline exceeded"));
+                }
                 -1
             }
         };

@@ -1,0 +1,68 @@
+//! A small chroot for isolated-executor tests, as Nomad's agent builds one from `chroot_env`:
+//! a few host binaries with the libraries `ldd` names, `/etc/passwd` and `/etc/group`, and the
+//! task dir's own `local/`, `alloc/`, `secrets/`, `tmp/`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Binaries every test chroot has, found on the host's PATH.
+pub const BINARIES: [&str; 22] = [
+    "sh", "ls", "id", "cat", "sleep", "grep", "hostname", "stty", "tail", "head", "pwd", "touch",
+    "tr", "wc", "readlink", "mkdir", "env", "dd", "true", "false", "date", "tty",
+];
+
+fn which(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return std::fs::canonicalize(p).unwrap();
+        }
+    }
+    panic!("{name} not found on this host");
+}
+
+fn libraries(bin: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(bin).output().expect("ldd runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+fn copy_into(root: &Path, host: &Path, inside: &Path) {
+    let dest = root.join(inside.strip_prefix("/").unwrap_or(inside));
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    if !dest.exists() {
+        std::fs::copy(host, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", host.display()));
+    }
+}
+
+/// Fills `root` (a task dir) with the chroot. Returns `root`.
+pub fn build(root: &Path) -> PathBuf {
+    let mut libs = BTreeSet::new();
+    for name in BINARIES {
+        let host = which(name);
+        copy_into(root, &host, &Path::new("/bin").join(name));
+        libs.extend(libraries(&host));
+    }
+    for lib in libs {
+        copy_into(root, &std::fs::canonicalize(&lib).unwrap(), &lib);
+    }
+    for dir in ["etc", "local", "alloc", "secrets", "tmp", "private"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy("/etc/passwd", root.join("etc/passwd")).unwrap();
+    std::fs::copy("/etc/group", root.join("etc/group")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    root.to_path_buf()
+}
