@@ -456,21 +456,29 @@ async fn cgroups_of_a_sigkilled_executor_are_swept_by_the_next_launch() {
 }
 
 /// Go's decoder matches argv keys case-insensitively: `{"fsisolation":true}` asks for the
-/// isolated executor there, so it is refused here rather than run unisolated.
-#[test]
-fn isolation_asked_in_any_casing_is_refused() {
-    for json in [
-        r#"{"fsisolation":true}"#,
-        r#"{"FSISOLATION":true,"LogLevel":"debug"}"#,
+/// isolated executor there, so it gets the isolated one here: a Launch that the universal
+/// executor would simply run (no task dir) is refused by the isolation checks.
+#[tokio::test]
+async fn isolation_asked_in_any_casing_gets_the_isolated_executor() {
+    for argv in [
+        serde_json::json!({"fsisolation": true}),
+        serde_json::json!({"FSISOLATION": true, "LogLevel": "debug"}),
     ] {
-        let out = Command::new(BIN)
-            .arg("executor")
-            .arg(json)
-            .env(nomad::MAGIC_COOKIE_KEY, nomad::MAGIC_COOKIE_VALUE)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{json}");
-        assert!(out.stdout.is_empty(), "no handshake for {json}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("FSIsolation"));
+        let client = executor_with(argv.clone()).await;
+        let mut exec = ExecutorClient::new(client.channel());
+        let e = exec
+            .launch(LaunchRequest {
+                cmd: "/bin/true".into(),
+                task_dir: "/nonexistent/alloc/task".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        let isolated = e
+            .message()
+            .contains("task dir /nonexistent/alloc/task does not exist")
+            || e.message().contains("the isolated executor needs root");
+        assert!(isolated, "{argv}: {}", e.message());
+        client.kill().await;
     }
 }

@@ -284,3 +284,623 @@ async fn isolation_and_constraints() {
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     client.kill().await;
 }
+
+fn host_bounding() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+fn cap_lines(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with("Cap"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// `TestExecutor_Capabilities`: nobody with the defaults has exactly Nomad's mask in all five
+/// sets; root has the legacy set; nobody with `cap_drop = ["all"]`, `cap_add =
+/// ["net_bind_service"]` has only that.
+#[tokio::test]
+async fn capabilities_match_nomads_masks() {
+    if !usable() {
+        return;
+    }
+    let cases: [(&str, Vec<String>, [&str; 5]); 3] = [
+        (
+            "nobody",
+            goplugin::nomad::executor::isolation::capabilities::NOMAD_DEFAULTS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            ["00000000a80405fb"; 5],
+        ),
+        (
+            "root",
+            vec!["CAP_NET_RAW".into()],
+            [
+                "0000000000000000",
+                "0000003fffffffff",
+                "0000003fffffffff",
+                "0000003fffffffff",
+                "0000000000000000",
+            ],
+        ),
+        (
+            "nobody",
+            vec!["CAP_NET_BIND_SERVICE".into()],
+            ["0000000000000400"; 5],
+        ),
+    ];
+    for (user, caps, want) in cases {
+        let t = TaskDir::new("caps");
+        let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+        let mut exec = ExecutorClient::new(client.channel());
+        let mut req = exec_request(&t, "grep ^Cap /proc/self/status; id -u");
+        req.user = user.into();
+        req.capabilities = caps;
+        let state = run(&mut exec, req).await;
+        assert_eq!(state.exit_code, 0, "{}", t.out("stderr"));
+        let out = t.out("stdout");
+        let got = cap_lines(&out);
+        // A host may withhold capabilities from root itself; nobody gets only what it holds.
+        let held = host_bounding();
+        let expected: Vec<String> = ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+            .iter()
+            .zip(want)
+            .map(|(k, v)| format!("{k} {:016x}", u64::from_str_radix(v, 16).unwrap() & held))
+            .collect();
+        assert_eq!(got, expected, "{user}: {out}");
+        client.kill().await;
+    }
+}
+
+/// `TestExecutor_Isolation_PID_and_IPC_hostMode`, and private mode: a private PID namespace
+/// shows only the task's processes, host mode the host's.
+#[tokio::test]
+async fn pid_namespace_private_or_host() {
+    if !usable() {
+        return;
+    }
+    for (mode, private) in [("private", true), ("host", false)] {
+        let t = TaskDir::new("pids");
+        let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+        let mut exec = ExecutorClient::new(client.channel());
+        let mut req = exec_request(
+            &t,
+            "ls /proc | grep -c '^[0-9]'; readlink /proc/self/ns/ipc",
+        );
+        req.default_pid_mode = mode.into();
+        req.default_ipc_mode = mode.into();
+        let state = run(&mut exec, req).await;
+        assert_eq!(state.exit_code, 0, "{}", t.out("stderr"));
+        let out = t.out("stdout");
+        let count: usize = out.lines().next().unwrap().trim().parse().unwrap();
+        let host_ipc = std::fs::read_link("/proc/self/ns/ipc")
+            .unwrap()
+            .display()
+            .to_string();
+        if private {
+            assert!(count <= 3, "only the task's processes: {out}");
+            assert!(!out.contains(&host_ipc), "{out}");
+        } else {
+            assert!(count > 10, "the host's processes: {out}");
+            assert!(out.contains(&host_ipc), "{out}");
+        }
+        client.kill().await;
+    }
+}
+
+/// `TestExecutor_OOMKilled`: over a small limit the task is OOM-killed and Wait says so.
+#[tokio::test]
+async fn oom_kill_is_reported() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("oom");
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let mut req = exec_request(&t, "tail /dev/zero");
+    if let Some(m) = req
+        .resources
+        .as_mut()
+        .and_then(|r| r.allocated_resources.as_mut())
+        .and_then(|a| a.memory.as_mut())
+    {
+        m.memory_mb = 10;
+    }
+    let state = run(&mut exec, req).await;
+    assert!(state.exit_code > 0, "{state:?}");
+    assert!(state.oom_killed, "{state:?}");
+    exec.shutdown(ShutdownRequest::default()).await.unwrap();
+    assert!(nomad_dirs(&t).is_empty());
+    client.kill().await;
+}
+
+/// `TestExecutor_WorkDir`, `TestExecutor_UserEnv`: Nomad 1.7+ runs in `work_dir` with USER,
+/// LOGNAME and HOME appended.
+#[tokio::test]
+async fn work_dir_and_user_env() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("wd");
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let mut req = exec_request(&t, "pwd; echo $USER $LOGNAME; id -u; id -g");
+    req.work_dir = "/etc".into();
+    let state = run(&mut exec, req).await;
+    assert_eq!(state.exit_code, 0, "{}", t.out("stderr"));
+    let out = t.out("stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "/etc");
+    assert_eq!(lines[1], "nobody nobody");
+    assert_eq!(lines[2], "65534");
+    assert_ne!(lines[3], "0", "never the root group");
+    client.kill().await;
+}
+
+/// Nomad 1.6 (`CpuTotalTicks`): the user comes from the chroot's own passwd file, the cgroup is
+/// `/nomad/<uuid>`, cwd `/`; a user missing there is a Launch error.
+#[tokio::test]
+async fn nomad16_resolves_the_user_inside_the_chroot() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("legacy");
+    std::fs::write(
+        t.dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ninside:x:4321:4322::/home/inside:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.dir.join("etc/group"),
+        "inside:x:4322:\nextra:x:4400:inside\n",
+    )
+    .unwrap();
+    let client = isolated_executor(t.dir.parent().unwrap(), true).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let mut req = exec_request(
+        &t,
+        "id -u; id -g; id -G; pwd; echo $HOME; cat /proc/self/cgroup",
+    );
+    req.user = "inside".into();
+    let state = run(&mut exec, req).await;
+    assert_eq!(state.exit_code, 0, "{}", t.out("stderr"));
+    let out = t.out("stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..5],
+        ["4321", "4322", "4322 4400", "/", "/home/inside"],
+        "{out}"
+    );
+    let freezer = lines.iter().find(|l| l.contains(":freezer:")).unwrap();
+    let name = freezer.rsplit('/').next().unwrap();
+    assert_eq!(name.len(), 36, "a uuid: {freezer}");
+    assert!(!freezer.contains(&t.alloc_id));
+    exec.shutdown(ShutdownRequest::default()).await.unwrap();
+    assert!(!Path::new("/sys/fs/cgroup/freezer/nomad")
+        .join(name)
+        .exists());
+    client.kill().await;
+
+    let t = TaskDir::new("legacy");
+    let client = isolated_executor(t.dir.parent().unwrap(), true).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    std::fs::write(t.dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    let e = exec.launch(exec_request(&t, "true")).await.unwrap_err();
+    assert!(e.message().contains("unable to find user nobody"), "{e:?}");
+    client.kill().await;
+}
+
+/// `no_pivot_root`: the same container through a chroot after moving the root.
+#[tokio::test]
+async fn no_pivot_root_chroots_instead() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("chroot");
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let mut req = exec_request(&t, "ls /; echo pid=$$");
+    req.no_pivot_root = true;
+    let state = run(&mut exec, req).await;
+    assert_eq!(state.exit_code, 0, "{}", t.out("stderr"));
+    let out = t.out("stdout");
+    assert!(out.contains("secrets\n") && out.contains("pid=1"), "{out}");
+    assert!(!out.contains("home\n"), "{out}");
+    client.kill().await;
+}
+
+/// `TestExecutor_cmdDevices`, `TestExecutor_cmdMounts`, `TestCgroupDeviceRules`: a requested
+/// device gets a node and an allow rule; a read-only bind cannot be written, a read-write one
+/// can; the mounts are gone from the host afterwards.
+#[tokio::test]
+async fn devices_and_mounts() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("devmnt");
+    let ro = tempfile::tempdir().unwrap();
+    std::fs::write(ro.path().join("data"), "from the host\n").unwrap();
+    let rw = tempfile::tempdir().unwrap();
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let mut req = exec_request(
+        &t,
+        "cat /srv/ro/data; touch /srv/ro/x 2>/dev/null && echo ro-writable; touch /srv/rw/made && echo rw-ok; ls -l /dev/fuse; cat /srv/ro/data > /dev/fuse 2>/dev/null; sleep 5",
+    );
+    req.user = "root".into();
+    req.mounts = vec![
+        Mount {
+            task_path: "/srv/ro".into(),
+            host_path: ro.path().display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        Mount {
+            task_path: "srv/rw".into(),
+            host_path: rw.path().display().to_string(),
+            readonly: false,
+            propagation_mode: "private".into(),
+            ..Default::default()
+        },
+    ];
+    let fuse = Path::new("/dev/fuse").exists();
+    if fuse {
+        req.devices = vec![Device {
+            task_path: "/dev/fuse".into(),
+            host_path: "/dev/fuse".into(),
+            cgroup_permissions: "rwm".into(),
+        }];
+    }
+    exec.launch(req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let out = t.out("stdout");
+    assert!(out.contains("from the host"), "{out}");
+    assert!(!out.contains("ro-writable"), "{out}");
+    assert!(out.contains("rw-ok"), "{out}");
+    assert!(rw.path().join("made").exists());
+    if fuse {
+        assert!(out.contains("10, 229"), "the node: {out}");
+        let rules = std::fs::read_to_string(t.cgroup("devices").join("devices.list")).unwrap();
+        assert!(rules.contains("c 10:229 rwm"), "{rules}");
+    }
+    exec.shutdown(ShutdownRequest::default()).await.unwrap();
+    assert!(mounts_under(&t.dir).is_empty());
+    client.kill().await;
+}
+
+/// Nomad 1.7+'s `ParentDeathSignal`: an executor killed outright takes its task with it.
+#[tokio::test]
+async fn task_dies_with_a_killed_executor() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("orphan");
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let pid = exec
+        .launch(exec_request(&t, "sleep 60"))
+        .await
+        .unwrap()
+        .into_inner()
+        .process
+        .unwrap()
+        .pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(client.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {pid} outlived its executor"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The dead executor's cgroups stay for whoever cleans up (the driver adopts them).
+    for d in nomad_dirs(&t) {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+fn setup_msg(command: &[&str], tty: bool) -> ExecTaskStreamingRequest {
+    ExecTaskStreamingRequest {
+        setup: Some(Setup {
+            task_id: String::new(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            tty,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `Exec` (script checks) and `ExecStreamingConformanceTests` inside the container: the
+/// command sees the chroot, the task's PID namespace, user and capabilities; pipes carry
+/// stdout, stderr and the exit code; a PTY made inside honours resizes.
+#[tokio::test]
+async fn exec_and_exec_streaming_enter_the_container() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("exec");
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    exec.launch(exec_request(&t, "sleep 60")).await.unwrap();
+    let deadline = SystemTime::now() + Duration::from_secs(10);
+    let out = exec
+        .exec(ExecRequest {
+            deadline: Some(deadline.into()),
+            cmd: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "ls /; cat /proc/1/cmdline; echo; id -u; grep CapEff /proc/self/status; exit 3"
+                    .into(),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let text = String::from_utf8_lossy(&out.output);
+    assert_eq!(out.exit_code, 3, "{text}");
+    assert!(
+        text.contains("secrets\n") && !text.contains("home\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/bin/sh\0-c\0sleep 60"),
+        "the task is pid 1 here: {text}"
+    );
+    assert!(text.contains("65534\n"), "{text}");
+    assert!(text.contains("00000000a80405fb"), "{text}");
+    // Deadline: the isolated executor's Exec ends with the context's error.
+    let e = exec
+        .exec(ExecRequest {
+            deadline: Some((SystemTime::now() + Duration::from_millis(300)).into()),
+            cmd: "sleep".into(),
+            args: vec!["10".into()],
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("deadline exceeded"), "{e:?}");
+
+    // Pipes.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(setup_msg(
+        &[
+            "/bin/sh",
+            "-c",
+            "echo hello stdout; echo hello stderr >&2; cat; exit 43",
+        ],
+        false,
+    ))
+    .await
+    .unwrap();
+    tx.send(ExecTaskStreamingRequest {
+        stdin: Some(ExecTaskStreamingIoOperation {
+            data: b"piped in\n".to_vec(),
+            close: true,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = exec
+        .exec_streaming(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
+    while let Some(msg) = stream.next().await {
+        let msg = msg.unwrap();
+        if let Some(o) = msg.stdout {
+            stdout.extend(o.data);
+        }
+        if let Some(e) = msg.stderr {
+            stderr.extend(e.data);
+        }
+        if msg.exited {
+            code = msg.result.map(|r| r.exit_code);
+        }
+    }
+    drop(tx);
+    assert_eq!(String::from_utf8_lossy(&stdout), "hello stdout\npiped in\n");
+    assert_eq!(String::from_utf8_lossy(&stderr), "hello stderr\n");
+    assert_eq!(code, Some(43));
+
+    // A PTY from the container's own devpts.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(setup_msg(
+        &["/bin/sh", "-c", "tty; sleep 1; stty size"],
+        true,
+    ))
+    .await
+    .unwrap();
+    for (w, h) in [(50, 40), (100, 100)] {
+        tx.send(ExecTaskStreamingRequest {
+            tty_size: Some(TerminalSize {
+                height: h,
+                width: w,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut stream = exec
+        .exec_streaming(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut out, mut code) = (Vec::new(), None);
+    while let Some(msg) = stream.next().await {
+        let msg = msg.unwrap();
+        if let Some(o) = msg.stdout {
+            out.extend(o.data);
+        }
+        if msg.exited {
+            code = msg.result.map(|r| r.exit_code);
+        }
+    }
+    drop(tx);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("/dev/pts/0\r\n"),
+        "the container's first pty: {text:?}"
+    );
+    assert!(text.contains("100 100\r\n"), "{text:?}");
+    assert_eq!(code, Some(0));
+    exec.shutdown(ShutdownRequest::default()).await.unwrap();
+    assert!(nomad_dirs(&t).is_empty());
+    client.kill().await;
+}
+
+/// Bad input: each a named Launch error, and nothing left behind (no cgroups, no mounts, no
+/// processes of the executor besides itself).
+#[tokio::test]
+async fn bad_requests_are_named_errors_and_leave_nothing() {
+    if !usable() {
+        return;
+    }
+    type Edit = fn(&mut LaunchRequest);
+    let cases: [(&str, Edit, &str); 9] = [
+        (
+            "missing task dir",
+            |r| r.task_dir = "/nonexistent/alloc/task".into(),
+            "task dir /nonexistent/alloc/task does not exist",
+        ),
+        (
+            "command outside the chroot",
+            |r| r.cmd = "kill".into(),
+            "file kill not found under path",
+        ),
+        (
+            "missing mount source",
+            |r| {
+                r.mounts = vec![Mount {
+                    task_path: "/m".into(),
+                    host_path: "/nonexistent/src".into(),
+                    ..Default::default()
+                }]
+            },
+            "mount source /nonexistent/src does not exist",
+        ),
+        (
+            "unknown capability",
+            |r| r.capabilities = vec!["CAP_FLYING".into()],
+            "unknown capability \"CAP_FLYING\"",
+        ),
+        (
+            "invalid pid mode",
+            |r| r.default_pid_mode = "shared".into(),
+            "invalid pid mode \"shared\"",
+        ),
+        (
+            "invalid ipc mode",
+            |r| r.default_ipc_mode = "nope".into(),
+            "invalid ipc mode \"nope\"",
+        ),
+        (
+            "missing device",
+            |r| {
+                r.devices = vec![Device {
+                    task_path: "/dev/x".into(),
+                    host_path: "/dev/nonexistent-device".into(),
+                    cgroup_permissions: "rwm".into(),
+                }]
+            },
+            "device /dev/nonexistent-device: does not exist",
+        ),
+        (
+            "a file as a device",
+            |r| {
+                r.devices = vec![Device {
+                    task_path: "/dev/x".into(),
+                    host_path: "/etc/hostname".into(),
+                    cgroup_permissions: "rwm".into(),
+                }]
+            },
+            "is not a character or block device",
+        ),
+        (
+            "unknown user",
+            |r| r.user = "no-such-user-x".into(),
+            "no-such-user-x",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let t = TaskDir::new("bad");
+        let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+        let mut exec = ExecutorClient::new(client.channel());
+        let mut req = exec_request(&t, "echo ran");
+        edit(&mut req);
+        let e = exec.launch(req).await.unwrap_err();
+        assert!(e.message().contains(want), "{name}: {}", e.message());
+        assert!(nomad_dirs(&t).is_empty(), "{name}: {:?}", nomad_dirs(&t));
+        assert!(mounts_under(&t.dir).is_empty(), "{name}");
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", client.pid()))
+                .unwrap_or_default();
+        assert!(children.trim().is_empty(), "{name}: children {children}");
+        assert!(t.out("stdout").is_empty(), "{name}: the task never ran");
+        client.kill().await;
+    }
+    // A stage failure inside the container (an executable path that is not one) is reported
+    // the same way, with the stage's own words.
+    let t = TaskDir::new("bad");
+    std::fs::write(t.dir.join("local/notexec"), "\x7fELF garbage").unwrap();
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let mut req = exec_request(&t, "");
+    req.cmd = "notexec".into();
+    req.args = vec![];
+    let e = exec.launch(req).await.unwrap_err();
+    assert!(
+        e.message().contains("failed to exec /local/notexec"),
+        "{}",
+        e.message()
+    );
+    assert!(nomad_dirs(&t).is_empty());
+    client.kill().await;
+}
+
+/// Not root: namespaces are unavailable, and the Launch says so instead of running unisolated.
+#[tokio::test]
+async fn non_root_launch_is_refused_by_name() {
+    if !nix::unistd::geteuid().is_root() || Command::new("setpriv").arg("--help").output().is_err()
+    {
+        eprintln!("skipping: needs root and setpriv to start the executor as nobody");
+        return;
+    }
+    let t = TaskDir::new("nonroot");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "executor",
+    ])
+    .arg(r#"{"LogFile":"","LogLevel":"debug","FSIsolation":true,"Compute":{"tc":4000,"nc":2}}"#);
+    let client = Client::builder(cmd, nomad::handshake())
+        .start()
+        .await
+        .expect("executor starts as nobody");
+    let mut exec = ExecutorClient::new(client.channel());
+    let e = exec.launch(exec_request(&t, "echo ran")).await.unwrap_err();
+    assert!(
+        e.message().contains("the isolated executor needs root")
+            && e.message().contains("uid 65534"),
+        "{}",
+        e.message()
+    );
+    assert!(t.out("stdout").is_empty());
+    client.kill().await;
+}

@@ -18,6 +18,7 @@ use super::containment::{self, Host};
 use super::exec_streaming;
 use super::isolation::cgroup::CgroupStats;
 use super::isolation::container::{self, Container};
+use super::isolation::prepare;
 use super::procstats::{descendants, StatsTracker};
 use super::signals::{kill_group, kill_pid, parse_shutdown_signal};
 use super::spawn::{ChildSetup, Identity};
@@ -172,9 +173,11 @@ impl ExecutorService {
         req: LaunchRequest,
         legacy: bool,
     ) -> Result<Response<LaunchResponse>, Status> {
+        // Everything is checked before the outputs (logmon's FIFOs) are opened.
+        let prepared = prepare::prepare(&req, legacy).map_err(unknown)?;
         let stdout = open_output(&req.stdout_path).await?;
         let stderr = open_output(&req.stderr_path).await?;
-        let launched = container::launch(&req, legacy, self.compute, stdout, stderr)
+        let launched = container::launch(&req, prepared, legacy, self.compute, stdout, stderr)
             .await
             .map_err(unknown)?;
         let pid = launched.container.init_pid;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::launcher::{self, Placement, Spawner, Started};
-use super::prepare::{self, Prepared};
+use super::prepare::Prepared;
 use super::spec::{ExecSpec, ProcessSpec};
 use super::{cgroup, IsolationError};
 use crate::nomad::executor::cgroups::TaskCgroup;
@@ -46,9 +46,11 @@ impl Drop for Made {
     }
 }
 
-/// Checks the request, creates the cgroups, starts `container-init` and waits for its `execve`.
+/// Creates the cgroups for a checked request, starts `container-init` and waits for its
+/// `execve`.
 pub async fn launch(
     req: &LaunchRequest,
+    prepared: Prepared,
     legacy: bool,
     compute: Compute,
     stdout: std::process::Stdio,
@@ -59,7 +61,7 @@ pub async fn launch(
         private_pid,
         device_rules,
         host_bin,
-    } = prepare::prepare(req, legacy)?;
+    } = prepared;
     let spawner = Arc::new(Spawner::new(private_pid)?);
     let mut made = Made(cgroup::create(
         req,

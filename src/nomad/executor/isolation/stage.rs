@@ -288,6 +288,15 @@ fn credentials(p: &ProcessSpec) -> Result<(), StageError> {
         move |e: caps::errors::CapsError| StageError::Caps(format!("{what}: {e}"))
     };
     let supported = super::capabilities::supported();
+    // What this process holds bounds what it can give (a host may withhold some capabilities
+    // from root itself).
+    let held = caps::read(None, CapSet::Permitted).map_err(cap_err("reading the permitted set"))?;
+    let capset = |set: &[u8]| -> CapsHashSet {
+        capset(set)
+            .into_iter()
+            .filter(|c| held.contains(c))
+            .collect()
+    };
     for c in &supported {
         if !p.caps.bounding.contains(&c.index()) {
             caps::drop(None, CapSet::Bounding, *c).map_err(cap_err("trimming the bounding set"))?;
