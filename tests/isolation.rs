@@ -14,8 +14,8 @@ use futures::StreamExt;
 use goplugin::nomad;
 use goplugin::proto::drivers::exec_task_streaming_request::{Setup, TerminalSize};
 use goplugin::proto::drivers::{
-    AllocatedMemoryResources, AllocatedTaskResources, Device, ExecTaskStreamingIoOperation,
-    ExecTaskStreamingRequest, LinuxResources, Mount, Resources,
+    AllocatedCpuResources, AllocatedMemoryResources, AllocatedTaskResources, Device,
+    ExecTaskStreamingIoOperation, ExecTaskStreamingRequest, LinuxResources, Mount, Resources,
 };
 use goplugin::proto::executor::executor_client::ExecutorClient;
 use goplugin::proto::executor::*;
@@ -118,6 +118,7 @@ fn exec_request(t: &TaskDir, script: &str) -> LaunchRequest {
                     memory_mb: 64,
                     memory_max_mb: 0,
                 }),
+                cpu: Some(AllocatedCpuResources { cpu_shares: 512 }),
                 ..Default::default()
             }),
             linux_resources: Some(LinuxResources {

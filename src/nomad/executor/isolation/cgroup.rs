@@ -47,15 +47,19 @@ pub fn limits(
     compute: Compute,
 ) -> Result<Limits, IsolationError> {
     let mut l = containment::limits_of(req.resources.as_ref());
-    let asked = req
-        .resources
-        .as_ref()
+    let resources = req.resources.as_ref();
+    let asked = resources
         .and_then(|r| r.linux_resources.as_ref())
         .map(|l| l.cpu_shares)
         .unwrap_or(0);
     l.cpu_shares = if legacy {
-        match asked {
-            0 => None,
+        // Nomad 1.6 takes the allocated shares and lets runc refuse anything under 2.
+        let allocated = resources
+            .and_then(|r| r.allocated_resources.as_ref())
+            .and_then(|a| a.cpu.as_ref())
+            .map(|c| c.cpu_shares)
+            .unwrap_or(0);
+        match allocated {
             s if s < 2 => return Err(IsolationError::CpuShares(s)),
             s => Some(s as u64),
         }
