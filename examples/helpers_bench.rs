@@ -7,7 +7,7 @@
 //! helpers_bench --impl NAME=BIN [--impl NAME=BIN ...] [--generation 1.6|1.7]
 //!     [--idle-secs 60] [--settle-secs 3] [--stats-secs 60] [--spawn-runs 30]
 //!     [--launch-runs 30] [--mib 1024] [--rounds 5] [--paced-secs 10] [--paced-mb-s 100]
-//!     [--phases idle,stats,spawn,launch,logmon] [--dir DIR] [--cleanup-file FILE]
+//!     [--phases idle,stats,spawn,launch,logmon] [--dir DIR] [--cleanup-file FILE] [--isolated 1]
 //! ```
 //!
 //! `BIN` is a `goplugin` or a `nomad` binary: both answer `BIN executor <json>` and `BIN logmon`.
@@ -17,6 +17,11 @@
 //! with `resources`, after creating the cgroups a 1.7+ agent creates for a task (v1:
 //! `{freezer,cpu,memory}/nomad/<alloc>.<task>`, cpuset `nomad/share`). Every implementation gets
 //! the same request. Time measurements alternate between the implementations (a, b, b, a, ...).
+//!
+//! `--isolated 1` asks every executor for `FSIsolation: true` (the exec driver's isolated
+//! executor) and sends the exec driver's request instead: the task dir a small chroot of host
+//! binaries, `resource_limits`, user `nobody`, private PID and IPC namespaces, Nomad's default
+//! capabilities (used with the `idle` and `launch` phases).
 //!
 //! Phases:
 //! - `idle`: per implementation a logmon (`Start`ed, its FIFOs held by the task) and an executor
@@ -49,6 +54,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/chroot.rs"]
+#[allow(dead_code)]
+mod chroot;
 
 use goplugin::proto::drivers::{
     AllocatedCpuResources, AllocatedMemoryResources, AllocatedTaskResources, LinuxResources,
@@ -497,6 +506,8 @@ impl Drop for Helper {
 /// A task's directories (`<base>/<alloc>/<task>`, `<base>/<alloc>/alloc/logs`) and, for a 1.7+
 /// request, the cgroups a 1.7+ agent creates for it; all removed on drop.
 struct TaskEnv {
+    /// The exec driver's isolated executor and request (`--isolated`).
+    isolated: bool,
     alloc_root: PathBuf,
     task_dir: PathBuf,
     log_dir: PathBuf,
@@ -538,13 +549,14 @@ fn ensure_cpuset(path: &Path) -> Res<()> {
 }
 
 impl TaskEnv {
-    fn new(base: &Path, gen: Gen, task: &str) -> Res<TaskEnv> {
+    fn new(base: &Path, gen: Gen, task: &str, isolated: bool) -> Res<TaskEnv> {
         let alloc = uuid();
         let alloc_root = base.join(&alloc);
         let task_dir = alloc_root.join(task);
         let log_dir = alloc_root.join("alloc/logs");
         track_dir(&alloc_root);
         let mut env = TaskEnv {
+            isolated,
             alloc_root,
             task_dir,
             log_dir,
@@ -554,6 +566,9 @@ impl TaskEnv {
         };
         for d in [&env.task_dir, &env.log_dir] {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        if isolated {
+            chroot::build(&env.task_dir);
         }
         let v1 = Path::new(CGROUP_ROOT).join("freezer").is_dir();
         if gen == Gen::V17 && is_root() && v1 {
@@ -629,14 +644,14 @@ fn compute() -> (u64, i64) {
     ((mhz.round() as u64) * cores as u64, cores)
 }
 
-fn executor_args(gen: Gen, log_file: &Path) -> Vec<String> {
+fn executor_args(gen: Gen, log_file: &Path, isolated: bool) -> Vec<String> {
     let (tc, nc) = compute();
     let cfg = match gen {
         Gen::V16 => json!({
-            "LogFile": log_file, "LogLevel": "debug", "FSIsolation": false, "CpuTotalTicks": tc,
+            "LogFile": log_file, "LogLevel": "debug", "FSIsolation": isolated, "CpuTotalTicks": tc,
         }),
         Gen::V17 => json!({
-            "LogFile": log_file, "LogLevel": "debug", "FSIsolation": false,
+            "LogFile": log_file, "LogLevel": "debug", "FSIsolation": isolated,
             "Compute": {"tc": tc, "nc": nc},
         }),
     };
@@ -658,9 +673,26 @@ fn launch_request(gen: Gen, env: &TaskEnv, argv: &[&str], out: &str, err: &str) 
         task_dir: env.task_dir.display().to_string(),
         ..Default::default()
     };
+    if env.isolated {
+        // The exec driver's request: the command inside the chroot, Nomad's defaults.
+        let name = Path::new(argv[0]).file_name().map(|n| n.to_string_lossy().into_owned());
+        req.cmd = format!("/bin/{}", name.unwrap_or_default());
+        req.env[0] = "PATH=/bin".into();
+        req.user = "nobody".into();
+        req.resource_limits = true;
+        req.default_pid_mode = "private".into();
+        req.default_ipc_mode = "private".into();
+        req.capabilities = [
+            "CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID",
+            "CAP_KILL", "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID",
+            "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
     match gen {
-        Gen::V16 => req.basic_process_cgroup = true,
-        Gen::V17 => {
+        Gen::V16 if !env.isolated => req.basic_process_cgroup = true,
+        _ => {
             req.resources = Some(Resources {
                 allocated_resources: Some(AllocatedTaskResources {
                     cpu: Some(AllocatedCpuResources { cpu_shares: 100 }),
@@ -696,7 +728,7 @@ async fn start_executor(
     gen: Gen,
     env: &TaskEnv,
 ) -> Res<(Helper, ExecutorClient<Channel>)> {
-    let args = executor_args(gen, &env.task_dir.join("executor.out"));
+    let args = executor_args(gen, &env.task_dir.join("executor.out"), env.isolated);
     let helper = Helper::start(&imp.bin, &args).await?;
     let exec = ExecutorClient::new(helper.channel());
     Ok((helper, exec))
@@ -776,6 +808,7 @@ struct Opts {
     paced_mb_s: f64,
     phases: Vec<String>,
     dir: PathBuf,
+    isolated: bool,
 }
 
 /// Idle: every implementation's logmon and executor (supervising `sleep`, output into that
@@ -784,7 +817,7 @@ async fn idle_phase(o: &Opts, out: &mut BTreeMap<String, Value>) -> Res<()> {
     let sleep = which(&["/usr/bin/sleep", "/bin/sleep"]);
     let mut pairs = Vec::new();
     for imp in &o.impls {
-        let env = TaskEnv::new(&o.dir, o.gen, "idle")?;
+        let env = TaskEnv::new(&o.dir, o.gen, "idle", o.isolated)?;
         let logmon = Helper::start(&imp.bin, &["logmon".into()]).await?;
         let fifo = |s: &str| {
             env.log_dir
@@ -850,7 +883,7 @@ async fn stats_phase(o: &Opts, out: &mut BTreeMap<String, Value>) -> Res<()> {
     let sleep = which(&["/usr/bin/sleep", "/bin/sleep"]);
     for imp in &o.impls {
         eprintln!("   stats: {} for {:.0} s", imp.name, o.stats_secs);
-        let env = TaskEnv::new(&o.dir, o.gen, "stats")?;
+        let env = TaskEnv::new(&o.dir, o.gen, "stats", o.isolated)?;
         let mut run = launch(imp, o.gen, env, &[&sleep, "3600"], "/dev/null", "/dev/null").await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let pid = run.helper.pid;
@@ -894,7 +927,7 @@ async fn stats_phase(o: &Opts, out: &mut BTreeMap<String, Value>) -> Res<()> {
 /// Spawn → first RPC (`Version`) returned, alternating, after one untimed start each.
 async fn spawn_phase(o: &Opts, out: &mut BTreeMap<String, Value>) -> Res<()> {
     eprintln!("   spawn: {} runs each", o.spawn_runs);
-    let env = TaskEnv::new(&o.dir, Gen::V16, "spawn")?;
+    let env = TaskEnv::new(&o.dir, Gen::V16, "spawn", false)?;
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for i in 0..=o.spawn_runs {
         for imp in order(&o.impls, i) {
@@ -924,7 +957,7 @@ async fn launch_phase(o: &Opts, out: &mut BTreeMap<String, Value>) -> Res<()> {
     let mut rpc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for i in 0..=o.launch_runs {
         for imp in order(&o.impls, i) {
-            let mut env = TaskEnv::new(&o.dir, o.gen, "launch")?;
+            let mut env = TaskEnv::new(&o.dir, o.gen, "launch", o.isolated)?;
             let fifo = env.task_dir.join("marker.fifo");
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .map_err(|e| format!("mkfifo {}: {e}", fifo.display()))?;
@@ -1149,7 +1182,7 @@ async fn logmon_phase(o: &Opts, out: &mut BTreeMap<String, Value>) -> Res<()> {
     }
     let mut lms = Vec::new();
     for imp in &o.impls {
-        let env = TaskEnv::new(&o.dir, Gen::V16, "flood")?;
+        let env = TaskEnv::new(&o.dir, Gen::V16, "flood", false)?;
         let helper = Helper::start(&imp.bin, &["logmon".into()]).await?;
         let fifo = |s: &str| env.log_dir.join(format!(".flood.{s}.fifo"));
         LogMonClient::new(helper.channel())
@@ -1316,6 +1349,7 @@ fn main() {
             .map(String::from)
             .to_vec(),
         dir: std::env::temp_dir().join(format!("helpers-bench-{}", std::process::id())),
+        isolated: false,
     };
     let mut cleanup_file = None;
     while let Some(flag) = args.next() {
@@ -1345,6 +1379,7 @@ fn main() {
             "--phases" => o.phases = value.split(',').map(String::from).collect(),
             "--dir" => o.dir = value.into(),
             "--cleanup-file" => cleanup_file = Some(value),
+            "--isolated" => o.isolated = value == "1" || value == "true",
             _ => usage(),
         }
     }
@@ -1415,7 +1450,7 @@ fn main() {
                 "idle_secs": o.idle_secs, "settle_secs": o.settle_secs, "stats_secs": o.stats_secs,
                 "spawn_runs": o.spawn_runs, "launch_runs": o.launch_runs, "mib": o.mib,
                 "rounds": o.rounds, "paced_secs": o.paced_secs, "paced_mb_s": o.paced_mb_s,
-                "phases": o.phases,
+                "phases": o.phases, "isolated": o.isolated,
             },
             "results": out,
         })

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Binaries every test chroot has, found on the host's PATH.
-pub const BINARIES: [&str; 22] = [
+pub const BINARIES: [&str; 23] = [
     "sh", "ls", "id", "cat", "sleep", "grep", "hostname", "stty", "tail", "head", "pwd", "touch",
-    "tr", "wc", "readlink", "mkdir", "env", "dd", "true", "false", "date", "tty",
+    "tr", "wc", "readlink", "mkdir", "env", "dd", "true", "false", "date", "tty", "echo",
 ];
 
 fn which(name: &str) -> PathBuf {
