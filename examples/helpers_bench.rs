@@ -675,7 +675,9 @@ fn launch_request(gen: Gen, env: &TaskEnv, argv: &[&str], out: &str, err: &str) 
     };
     if env.isolated {
         // The exec driver's request: the command inside the chroot, Nomad's defaults.
-        let name = Path::new(argv[0]).file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = Path::new(argv[0])
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
         req.cmd = format!("/bin/{}", name.unwrap_or_default());
         req.env[0] = "PATH=/bin".into();
         req.user = "nobody".into();
@@ -683,9 +685,19 @@ fn launch_request(gen: Gen, env: &TaskEnv, argv: &[&str], out: &str, err: &str) 
         req.default_pid_mode = "private".into();
         req.default_ipc_mode = "private".into();
         req.capabilities = [
-            "CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID",
-            "CAP_KILL", "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID",
-            "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT",
+            "CAP_AUDIT_WRITE",
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_KILL",
+            "CAP_MKNOD",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SETFCAP",
+            "CAP_SETGID",
+            "CAP_SETPCAP",
+            "CAP_SETUID",
+            "CAP_SYS_CHROOT",
         ]
         .map(String::from)
         .to_vec();

@@ -905,3 +905,116 @@ async fn non_root_launch_is_refused_by_name() {
     assert!(t.out("stdout").is_empty());
     client.kill().await;
 }
+
+/// `TestExecutor_SignalCatching`: SIGTERM to a 1.7+ isolated executor stops the container at
+/// once (and the executor keeps answering).
+#[tokio::test]
+async fn sigterm_to_the_executor_stops_the_container() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("sigterm");
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    exec.launch(exec_request(&t, "sleep 60")).await.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(client.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let state = tokio::time::timeout(Duration::from_secs(2), exec.wait(WaitRequest {}))
+        .await
+        .expect("the task stops within 2 s of the executor's SIGTERM")
+        .unwrap()
+        .into_inner()
+        .process
+        .unwrap();
+    assert_eq!(state.signal, 9, "{state:?}");
+    let v = exec.version(VersionRequest {}).await.unwrap().into_inner();
+    assert_eq!(v.version, "2.0.0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !nomad_dirs(&t).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{:?}", nomad_dirs(&t));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.kill().await;
+}
+
+/// `TestExecutor_WaitExitSignal` (the Stats half) for the isolated executor: samples come from
+/// the task's cgroups with Nomad's isolated Measured lists and non-zero memory.
+#[tokio::test]
+async fn stats_come_from_the_cgroups() {
+    if !usable() {
+        return;
+    }
+    let t = TaskDir::new("stats");
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let pid = exec
+        .launch(exec_request(&t, "while :; do :; done"))
+        .await
+        .unwrap()
+        .into_inner()
+        .process
+        .unwrap()
+        .pid;
+    let mut stream = exec
+        .stats(StatsRequest {
+            interval: 200_000_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    for _ in 0..4 {
+        last = stream.next().await.map(|m| m.unwrap());
+    }
+    let stats = last.unwrap().stats.unwrap();
+    let agg = stats.agg_resource_usage.unwrap();
+    let mem = agg.memory.unwrap();
+    let cpu = agg.cpu.unwrap();
+    assert_eq!(mem.measured_fields.len(), 7, "{mem:?}");
+    assert!(mem.usage > 0 && mem.max_usage >= mem.usage, "{mem:?}");
+    assert_eq!(cpu.measured_fields.len(), 5, "{cpu:?}");
+    assert!(cpu.percent > 20.0, "a busy loop: {cpu:?}");
+    assert!(cpu.total_ticks > 0.0);
+    assert!(
+        stats.resource_usage_by_pid.contains_key(&pid.to_string()),
+        "{:?}",
+        stats.resource_usage_by_pid.keys()
+    );
+    exec.shutdown(ShutdownRequest::default()).await.unwrap();
+    client.kill().await;
+}
+
+/// `network_isolation`: the task joins the named network namespace (one made with `ip netns`).
+#[tokio::test]
+async fn joins_the_requested_network_namespace() {
+    if !usable() {
+        return;
+    }
+    let name = format!("goplugin-iso-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &name]).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: `ip netns add` is not available here");
+        return;
+    }
+    let path = format!("/run/netns/{name}");
+    let want = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let t = TaskDir::new("net");
+    let client = isolated_executor(t.dir.parent().unwrap(), false).await;
+    let mut exec = ExecutorClient::new(client.channel());
+    let mut req = exec_request(&t, "readlink /proc/self/ns/net");
+    req.network_isolation = Some(goplugin::proto::drivers::NetworkIsolationSpec {
+        mode: 1,
+        path: path.clone(),
+        ..Default::default()
+    });
+    let state = run(&mut exec, req).await;
+    let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+    assert_eq!(state.exit_code, 0, "{}", t.out("stderr"));
+    assert_eq!(t.out("stdout").trim(), format!("net:[{want}]"));
+    client.kill().await;
+}

@@ -52,6 +52,9 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
         service::ExecutorService::new(cfg.effective_compute())
     };
     let registered = executor.clone();
+    if cfg.fs_isolation && cfg.cpu_total_ticks.is_none() {
+        runtime.spawn(executor.clone().catch_signals());
+    }
     let served = runtime.block_on(
         Server::new(super::handshake())
             .services(move |s| {

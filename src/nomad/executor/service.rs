@@ -124,6 +124,47 @@ impl ExecutorService {
         }
     }
 
+    /// Nomad 1.7+'s isolated executor (`catchSignals`): SIGTERM or SIGINT to the executor is a
+    /// `Shutdown("SIGINT", 0)` of the task (the executor keeps serving); SIGHUP and SIGQUIT are
+    /// passed on to the task's init. Runs until the executor ends.
+    pub async fn catch_signals(self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::warn!("cannot catch the executor's signals; SIGTERM ends it without the task");
+            return;
+        };
+        loop {
+            let forward = tokio::select! {
+                _ = term.recv() => None,
+                _ = int.recv() => None,
+                _ = hup.recv() => Some(Signal::SIGHUP),
+                _ = quit.recv() => Some(Signal::SIGQUIT),
+            };
+            match forward {
+                Some(sig) => {
+                    if let Some(task) = self.current().filter(|t| t.exited().is_none()) {
+                        let _ = kill_pid(task.pid, sig);
+                    }
+                }
+                None => {
+                    tracing::info!("signal to the executor: shutting the task down");
+                    let req = Request::new(ShutdownRequest {
+                        signal: "SIGINT".into(),
+                        grace_period: 0,
+                    });
+                    if let Err(e) = Executor::shutdown(&self, req).await {
+                        tracing::warn!(error = %e.message(), "shutdown on signal");
+                    }
+                }
+            }
+        }
+    }
+
     fn current(&self) -> Option<Arc<Task>> {
         self.task.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
