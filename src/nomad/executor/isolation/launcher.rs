@@ -23,6 +23,9 @@ use crate::nomad::executor::cgroups::TaskCgroup;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// How long a stage may take from its start to the `execve` of the task or command.
+const STAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The thread every stage of one container is started from.
 pub struct Spawner {
     jobs: mpsc::Sender<Job>,
@@ -175,9 +178,18 @@ pub async fn start(
         }
         nix::unistd::write(&sync_parent, &[GO]).map_err(ns("starting the container stage"))?;
         let sync = sync_parent;
-        let pty = tokio::task::spawn_blocking(move || read_outcome(&sync))
-            .await
-            .map_err(|e| IsolationError::Namespaces(e.to_string()))??;
+        let reading = tokio::task::spawn_blocking(move || read_outcome(&sync));
+        // A stage that never gets to its execve (a mount hanging on a dead NFS server, say) is
+        // killed, which ends the read.
+        let pty = match tokio::time::timeout(STAGE_TIMEOUT, reading).await {
+            Ok(joined) => joined.map_err(|e| IsolationError::Namespaces(e.to_string()))??,
+            Err(_) => {
+                return Err(IsolationError::Stage(format!(
+                    "the container stage did not start the process within {} s",
+                    STAGE_TIMEOUT.as_secs()
+                )))
+            }
+        };
         Ok::<_, IsolationError>(pty)
     }
     .await;
