@@ -20,6 +20,11 @@ const ENTRIES: &[goplugin::reexec::Entry] = &[
     #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new("executor", goplugin::nomad::executor::run),
     #[cfg(all(feature = "nomad", target_os = "linux"))]
+    goplugin::reexec::Entry::new(
+        goplugin::nomad::combined::ENTRY_NAME,
+        goplugin::nomad::combined::run,
+    ),
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new("driver", goplugin::nomad::driver::run),
 ];
 

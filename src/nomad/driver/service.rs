@@ -236,7 +236,7 @@ impl Driver for DriverService {
             })?;
         tracing::info!(task = %cfg.id, pid = started.state.task.pid, "task started");
         let handle = TaskHandle {
-            version: super::state::STATE_VERSION as i32,
+            version: super::state::HANDLE_VERSION,
             config: Some(cfg),
             state: TaskState::Running as i32,
             driver_state: started.state.encode(),
@@ -312,6 +312,10 @@ impl Driver for DriverService {
         let mut attributes = std::collections::HashMap::new();
         attributes.insert("pid".to_string(), task.state.task.pid.to_string());
         attributes.insert("executor_pid".to_string(), task.executor_pid().to_string());
+        attributes.insert(
+            "helpers".to_string(),
+            task.state.helpers.as_str().to_string(),
+        );
         if let Some(p) = task.logmon_pid() {
             attributes.insert("logmon_pid".to_string(), p.to_string());
         }

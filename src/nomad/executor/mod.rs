@@ -70,7 +70,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
 }
 
 /// hclog lines go to `LogFile` (created or appended, mode 0666) at `LogLevel`, else to stderr.
-fn init_logging(cfg: &ExecutorConfig) -> Result<(), String> {
+pub(crate) fn init_logging(cfg: &ExecutorConfig) -> Result<(), String> {
     let filter = cfg.filter_directive().map_err(|e| e.to_string())?;
     if cfg.log_file.is_empty() {
         return crate::hclog::init_plugin_logging_with(
