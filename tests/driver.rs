@@ -1204,6 +1204,14 @@ async fn bad_task_input_is_a_clear_error_and_leaves_nothing_behind() {
             a.task("t", task_config("no-such-command-xyz", &[], &[])),
             "binary \"no-such-command-xyz\" could not be found",
         ),
+        // Refused by logmon's Start, after the helper started: a failure half-way.
+        (
+            a.task(
+                "t",
+                task_config("/bin/true", &[], &[("max_files", Value::from(200_000u64))]),
+            ),
+            "logmon Start: max_files 200000 is not in 1..=100000",
+        ),
         (
             TaskConfig {
                 user: "no-such-user-xyz".into(),
