@@ -228,13 +228,21 @@ impl Driver for DriverService {
             Status::already_exists(format!("task with ID {:?} already started", cfg.id))
         })?;
         let (plugin, agent) = self.shared.settings();
+        let begun = std::time::Instant::now();
         let started = task::start(&cfg, &plugin, &agent, self.shared.events())
             .await
             .map_err(|e| {
                 tracing::warn!(task = %cfg.id, error = %e, "StartTask failed");
                 task_status(&e)
             })?;
-        tracing::info!(task = %cfg.id, pid = started.state.task.pid, "task started");
+        // elapsed_ms: StartTask's own time (helpers started, Launch), read by bench-nomad-tasks.
+        tracing::info!(
+            task = %cfg.id,
+            pid = started.state.task.pid,
+            helpers = started.state.helpers.as_str(),
+            elapsed_ms = begun.elapsed().as_secs_f64() * 1000.0,
+            "task started"
+        );
         let handle = TaskHandle {
             version: super::state::HANDLE_VERSION,
             config: Some(cfg),
