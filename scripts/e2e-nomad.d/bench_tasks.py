@@ -437,9 +437,11 @@ def cmd_report(meas_file, meta_file):
       "processes mapping it: the Nomad binary's pages are shared by the agent and the raw_exec "
       "helpers, the plugin's by the driver and the goplugin helpers (both binaries are private "
       "copies in the run's work dir, so no other process on the machine shares them). "
-      "The start figure is the time between the task's `Task Setup` and `Started` events in the "
+      "The start figures: the time between the task's `Task Setup` and `Started` events in the "
       "agent's API (Nomad's prestart hooks, then the driver's StartTask: helpers started, Launch), "
-      "with every task of both jobs being placed at the same moment on this machine's CPUs. "
+      "for the tasks above (every task of both jobs placed at the same moment on this machine's "
+      "CPUs) and for one-task jobs started one after the other afterwards; and goplugin_exec's "
+      "StartTask alone, from the `elapsed_ms` of the driver's `task started` log line. "
       f"Reproduce: `NOMAD_BIN={meta['nomad_bin']} scripts/bench-nomad-tasks --tasks {meta['tasks_asked']} "
       f"--helpers {form}`.")
     print("\n".join(L))
@@ -471,7 +473,8 @@ def cmd_compare(sep_meas, sep_meta, comb_meas, comb_meta):
       f"{runs['combined'][0]['time']}: the same run as the two sections below it, one agent per "
       f"form ({meta['nomad_bin']}, server and client, loopback, fresh data dir), each running {n} "
       f"`sleep 3600` tasks under goplugin_exec next to {n} under raw_exec, measured "
-      f"{meta['settle']} s after the last one started. goplugin: `{meta['goplugin_bin']}` "
+      f"{meta['settle']} s after the last one started, then one-task jobs started one at a time "
+      f"(the start figures \"one task at a time\"). goplugin: `{meta['goplugin_bin']}` "
       f"({meta['goplugin_kind']} build). Machine: {machine()}.")
     w("")
     w("Each cell: **median** over the tasks (mean; min–max) of the sum over the task's helper "
