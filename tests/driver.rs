@@ -1554,3 +1554,33 @@ async fn a_version_1_two_helper_handle_recovers_under_a_combined_driver() {
     }
     assert_clean(&d, &a).await;
 }
+
+/// `goplugin task-helper` takes the executor's argv JSON and refuses what the executor refuses,
+/// in one line and exit 1: isolation it cannot give, JSON that is not the config.
+#[test]
+fn the_task_helper_refuses_bad_argv_in_one_line() {
+    for (arg, want) in [
+        (
+            r#"{"LogFile":"","LogLevel":"debug","FSIsolation":true}"#,
+            "FSIsolation",
+        ),
+        ("not json", "task-helper: "),
+    ] {
+        let out = Command::new(BIN)
+            .args(["task-helper", arg])
+            .env(
+                "NOMAD_PLUGIN_MAGIC_COOKIE",
+                goplugin::nomad::MAGIC_COOKIE_VALUE,
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{arg}: {err}");
+        assert!(
+            err.starts_with("task-helper: ") && err.contains(want),
+            "{arg}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
