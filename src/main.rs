@@ -21,6 +21,11 @@ const ENTRIES: &[goplugin::reexec::Entry] = &[
     goplugin::reexec::Entry::new("executor", goplugin::nomad::executor::run),
     #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new(
+        goplugin::nomad::combined::ENTRY_NAME,
+        goplugin::nomad::combined::run,
+    ),
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
+    goplugin::reexec::Entry::new(
         "container-init",
         goplugin::nomad::executor::isolation::stage::init_main,
     ),

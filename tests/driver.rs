@@ -134,8 +134,17 @@ const PLUGIN_KEYS: &[&str] = &[
     "denied_host_gids",
     "denied_host_uids",
     "enabled",
+    "helpers",
     "no_cgroups",
 ];
+
+/// The plugin config choosing the helper form: `helpers = "combined"` or `"separate"`.
+fn helpers(form: &str) -> Vec<u8> {
+    cty_object(&[("helpers", Value::from(form))], PLUGIN_KEYS)
+}
+
+/// Both forms, for the tests that hold for each.
+const FORMS: [&str; 2] = ["combined", "separate"];
 
 fn strings(items: &[&str]) -> Value {
     Value::Array(items.iter().map(|s| Value::from(*s)).collect())
@@ -433,8 +442,9 @@ async fn identifies_itself_and_describes_its_schemas_and_capabilities() {
 }
 
 /// go-cty's bytes for `config { enabled = false  denied_host_uids = "0-99" }`: a fixmap of the
-/// five keys in ascending order, nil for the unset ones (spec §6).
-const PLUGIN_CONFIG_VECTOR: &[u8] = b"\x85\xaedenied_envvars\xc0\xb0denied_host_gids\xc0\xb0denied_host_uids\xa40-99\xa7enabled\xc2\xaano_cgroups\xc2";
+/// six keys in ascending order, the schema's defaults applied (`helpers`, `no_cgroups`), nil for
+/// the unset ones (spec §6).
+const PLUGIN_CONFIG_VECTOR: &[u8] = b"\x86\xaedenied_envvars\xc0\xb0denied_host_gids\xc0\xb0denied_host_uids\xa40-99\xa7enabled\xc2\xa7helpers\xa8combined\xaano_cgroups\xc2";
 
 #[tokio::test]
 async fn set_config_decodes_nomads_msgpack_and_refuses_bad_config() {
@@ -444,6 +454,7 @@ async fn set_config_decodes_nomads_msgpack_and_refuses_bad_config() {
             &[
                 ("enabled", Value::from(false)),
                 ("no_cgroups", Value::from(false)),
+                ("helpers", Value::from("combined")),
                 ("denied_host_uids", Value::from("0-99")),
             ],
             PLUGIN_KEYS
@@ -502,6 +513,14 @@ async fn set_config_decodes_nomads_msgpack_and_refuses_bad_config() {
             cty_object(&[("surprise", Value::from(true))], &["surprise"]),
             "unknown key \"surprise\"",
         ),
+        (
+            helpers("both"),
+            "plugin config: helpers \"both\" must be \"combined\" (executor and logmon in one process per task) or \"separate\"",
+        ),
+        (
+            cty_object(&[("helpers", Value::from(1u64))], PLUGIN_KEYS),
+            "plugin config: \"helpers\" must be a string, not number 1",
+        ),
         (b"\x93\x01\x02\x03".to_vec(), "must be a map"),
         (b"\x85\xae".to_vec(), "not valid msgpack"),
     ];
@@ -519,8 +538,17 @@ async fn set_config_decodes_nomads_msgpack_and_refuses_bad_config() {
 
 #[tokio::test]
 async fn runs_a_batch_task_into_nomads_log_files_and_reports_its_exit() {
+    runs_a_batch_task_into_nomads_log_files_and_reports_its_exit_with("combined").await;
+}
+
+#[tokio::test]
+async fn runs_a_batch_task_through_two_helpers_into_nomads_log_files() {
+    runs_a_batch_task_into_nomads_log_files_and_reports_its_exit_with("separate").await;
+}
+
+async fn runs_a_batch_task_into_nomads_log_files_and_reports_its_exit_with(form: &str) {
     let d = start_driver().await;
-    set_config(&d, vec![], false).await.unwrap();
+    set_config(&d, helpers(form), false).await.unwrap();
     let a = alloc();
     let script = "echo out-line; echo err-line >&2; echo token=$SECRET_TOKEN; pwd; exit 3";
     let mut events = d
@@ -542,6 +570,30 @@ async fn runs_a_batch_task_into_nomads_log_files_and_reports_its_exit() {
     assert_eq!(handle.version, 1);
     assert_eq!(handle.config.as_ref().unwrap().id, id);
     assert!(!handle.driver_state.is_empty());
+    let i = inspect(&d, &id).await;
+    assert_eq!(i.driver.as_ref().unwrap().attributes["helpers"], form);
+    let (exec_pid, logmon_pid) = (attr_pid(&i, "executor_pid"), attr_pid(&i, "logmon_pid"));
+    if form == "combined" {
+        assert_eq!(exec_pid, logmon_pid, "one process serves both");
+        assert!(
+            cmdline(exec_pid).contains(" task-helper {"),
+            "{}",
+            cmdline(exec_pid)
+        );
+        assert_eq!(children_of(d.client.pid()), vec![exec_pid]);
+    } else {
+        assert_ne!(exec_pid, logmon_pid);
+        assert!(
+            cmdline(exec_pid).contains(" executor {"),
+            "{}",
+            cmdline(exec_pid)
+        );
+        assert!(
+            cmdline(logmon_pid).trim_end().ends_with(" logmon"),
+            "{}",
+            cmdline(logmon_pid)
+        );
+    }
     let again = start_err(&d, t).await;
     assert_eq!(again.code(), tonic::Code::AlreadyExists);
     assert!(
@@ -593,11 +645,12 @@ async fn runs_a_batch_task_into_nomads_log_files_and_reports_its_exit() {
 async fn each_agent_generation_gets_its_own_launch() {
     let d = start_driver().await;
     let a = alloc();
-    for (modern, key) in [
+    let generations = [
         (false, "CpuTotalTicks"),
         (true, "\"Compute\":{\"nc\":2,\"tc\":5200}"),
-    ] {
-        set_config(&d, vec![], modern).await.unwrap();
+    ];
+    for ((modern, key), form) in generations.into_iter().flat_map(|g| FORMS.map(|f| (g, f))) {
+        set_config(&d, helpers(form), modern).await.unwrap();
         let t = a.task("gen", task_config("/bin/sleep", &["30"], &[]));
         let id = t.id.clone();
         start(&d, t).await;
@@ -611,8 +664,17 @@ async fn each_agent_generation_gets_its_own_launch() {
 
 #[tokio::test]
 async fn stops_signals_execs_and_streams_stats_of_a_service_task() {
+    stops_signals_execs_and_streams_stats_of_a_service_task_with("combined").await;
+}
+
+#[tokio::test]
+async fn stops_signals_execs_and_streams_stats_through_two_helpers() {
+    stops_signals_execs_and_streams_stats_of_a_service_task_with("separate").await;
+}
+
+async fn stops_signals_execs_and_streams_stats_of_a_service_task_with(form: &str) {
     let d = start_driver().await;
-    set_config(&d, vec![], true).await.unwrap();
+    set_config(&d, helpers(form), true).await.unwrap();
     let a = alloc();
     let script =
         "trap 'echo got-usr1' USR1; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done";
@@ -859,8 +921,17 @@ async fn exec_streaming(d: &Driver, id: &str) {
 
 #[tokio::test]
 async fn a_killed_driver_is_replaced_and_recovers_its_tasks_uninterrupted() {
+    a_killed_driver_is_replaced_and_recovers_its_tasks_uninterrupted_with("combined").await;
+}
+
+#[tokio::test]
+async fn a_killed_driver_recovers_two_helper_tasks_uninterrupted() {
+    a_killed_driver_is_replaced_and_recovers_its_tasks_uninterrupted_with("separate").await;
+}
+
+async fn a_killed_driver_is_replaced_and_recovers_its_tasks_uninterrupted_with(form: &str) {
     let d = start_driver().await;
-    set_config(&d, vec![], true).await.unwrap();
+    set_config(&d, helpers(form), true).await.unwrap();
     let a = alloc();
     let script = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.1; done";
     let t = a.task("svc", task_config("/bin/sh", &["-c", script], &[]));
@@ -882,7 +953,7 @@ async fn a_killed_driver_is_replaced_and_recovers_its_tasks_uninterrupted() {
     drop(d);
     let link = bin.path().join("goplugin_exec");
     let d = start_driver_with(Command::new(&link), tmp, bin).await;
-    set_config(&d, vec![], true).await.unwrap();
+    set_config(&d, helpers(form), true).await.unwrap();
     // After an agent restart the raw task config is not sent again.
     handle
         .config
@@ -905,6 +976,14 @@ async fn a_killed_driver_is_replaced_and_recovers_its_tasks_uninterrupted() {
         .expect("RecoverTask of a known task is OK");
     let after = inspect(&d, &id).await;
     assert_eq!(task_pid(&after), pid, "the same process");
+    for key in ["executor_pid", "logmon_pid"] {
+        assert_eq!(
+            attr_pid(&after, key),
+            attr_pid(&before, key),
+            "{key} reattached"
+        );
+    }
+    assert_eq!(after.driver.as_ref().unwrap().attributes["helpers"], form);
     assert_eq!(after.task.unwrap().state, TaskState::Running as i32);
     let lines = |a: &Alloc| a.log("svc.stdout.0").lines().count();
     let n = lines(&a);
@@ -938,9 +1017,18 @@ async fn a_killed_driver_is_replaced_and_recovers_its_tasks_uninterrupted() {
 }
 
 #[tokio::test]
+async fn a_killed_task_helper_fails_the_task_with_a_nonzero_code_and_leaves_nothing() {
+    a_killed_executor_fails_the_task_with_a_nonzero_code_and_kills_it_with("combined").await;
+}
+
+#[tokio::test]
 async fn a_killed_executor_fails_the_task_with_a_nonzero_code_and_kills_it() {
+    a_killed_executor_fails_the_task_with_a_nonzero_code_and_kills_it_with("separate").await;
+}
+
+async fn a_killed_executor_fails_the_task_with_a_nonzero_code_and_kills_it_with(form: &str) {
     let d = start_driver().await;
-    set_config(&d, vec![], false).await.unwrap();
+    set_config(&d, helpers(form), false).await.unwrap();
     let a = alloc();
     let t = a.task(
         "victim",
@@ -983,7 +1071,7 @@ async fn a_killed_executor_fails_the_task_with_a_nonzero_code_and_kills_it() {
 #[tokio::test]
 async fn a_killed_logmon_is_replaced_on_the_same_fifos() {
     let d = start_driver().await;
-    set_config(&d, vec![], true).await.unwrap();
+    set_config(&d, helpers("separate"), true).await.unwrap();
     let a = alloc();
     let mut events = d
         .driver()
@@ -1074,13 +1162,6 @@ async fn a_killed_logmon_is_replaced_on_the_same_fifos() {
 #[tokio::test]
 async fn bad_task_input_is_a_clear_error_and_leaves_nothing_behind() {
     let d = start_driver().await;
-    set_config(
-        &d,
-        cty_object(&[("denied_host_uids", Value::from("65534"))], PLUGIN_KEYS),
-        false,
-    )
-    .await
-    .unwrap();
     let a = alloc();
     let no_command = cty_object(&[("args", strings(&["x"]))], TASK_KEYS);
     let cases: Vec<(TaskConfig, &str)> = vec![
@@ -1123,6 +1204,14 @@ async fn bad_task_input_is_a_clear_error_and_leaves_nothing_behind() {
             a.task("t", task_config("no-such-command-xyz", &[], &[])),
             "binary \"no-such-command-xyz\" could not be found",
         ),
+        // Refused by logmon's Start, after the helper started: a failure half-way.
+        (
+            a.task(
+                "t",
+                task_config("/bin/true", &[], &[("max_files", Value::from(200_000u64))]),
+            ),
+            "logmon Start: max_files 200000 is not in 1..=100000",
+        ),
         (
             TaskConfig {
                 user: "no-such-user-xyz".into(),
@@ -1138,15 +1227,30 @@ async fn bad_task_input_is_a_clear_error_and_leaves_nothing_behind() {
             "uid 65534, which this node's denied_host_uids denies",
         ),
     ];
-    for (task, want) in cases {
-        let e = start_err(&d, task).await;
-        assert!(
-            e.message().contains(want),
-            "{:?} lacks {want:?}",
-            e.message()
-        );
-        assert_ne!(e.code(), tonic::Code::Unavailable);
-        assert_clean(&d, &a).await;
+    for form in FORMS {
+        set_config(
+            &d,
+            cty_object(
+                &[
+                    ("denied_host_uids", Value::from("65534")),
+                    ("helpers", Value::from(form)),
+                ],
+                PLUGIN_KEYS,
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+        for (task, want) in &cases {
+            let e = start_err(&d, task.clone()).await;
+            assert!(
+                e.message().contains(want),
+                "{form}: {:?} lacks {want:?}",
+                e.message()
+            );
+            assert_ne!(e.code(), tonic::Code::Unavailable);
+            assert_clean(&d, &a).await;
+        }
     }
     // A missing binary is the job's fault: no RecoverableError, no restarts (as raw_exec).
     let e = start_err(
@@ -1336,4 +1440,144 @@ async fn the_driver_raises_its_open_file_limit_and_its_tasks_get_the_original() 
     assert_eq!(nofile(task_pid(&i)).0, "1024");
     destroy(&d, &id).await;
     assert_clean(&d, &a).await;
+}
+
+/// Kills the driver with SIGKILL (its helpers and tasks live on) and starts another on the same
+/// TMPDIR, as the agent does after a driver crash.
+async fn kill_and_restart_driver(d: Driver) -> Driver {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.client.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.client.wait().await;
+    // A SIGKILLed driver cannot remove its own socket; its helpers' sockets are what is checked.
+    let _ = std::fs::remove_file(d.client.reattach_config().addr);
+    let mut d = d;
+    let tmp = std::mem::replace(&mut d.tmp, tempfile::tempdir().unwrap());
+    let bin = std::mem::replace(&mut d._bin, tempfile::tempdir().unwrap());
+    drop(d);
+    start_driver_with(Command::new(bin.path().join("goplugin_exec")), tmp, bin).await
+}
+
+/// `driver_state` as the driver wrote it before the helper form existed: state version 1, the
+/// same fields but `helpers`.
+fn as_version_1(state: &[u8]) -> Vec<u8> {
+    let Value::Map(fields) = rmpv::decode::read_value(&mut &state[..]).unwrap() else {
+        panic!("driver_state is not a map")
+    };
+    assert!(fields.iter().any(|(k, _)| k.as_str() == Some("helpers")));
+    let v1 = fields
+        .into_iter()
+        .filter(|(k, _)| k.as_str() != Some("helpers"))
+        .map(|(k, v)| match k.as_str() {
+            Some("version") => (k, Value::from(1u64)),
+            _ => (k, v),
+        })
+        .collect();
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &Value::Map(v1)).unwrap();
+    out
+}
+
+/// A task started by a driver version that only knew two helpers (handle state version 1) is
+/// recovered by a driver whose helpers are combined: it reattaches to both of its helpers, the
+/// output goes on without a gap, and stopping it leaves nothing.
+#[tokio::test]
+async fn a_version_1_two_helper_handle_recovers_under_a_combined_driver() {
+    let d = start_driver().await;
+    set_config(&d, helpers("separate"), true).await.unwrap();
+    let a = alloc();
+    let script = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.1; done";
+    let t = a.task("old", task_config("/bin/sh", &["-c", script], &[]));
+    let id = t.id.clone();
+    let mut handle = start(&d, t).await;
+    handle.driver_state = as_version_1(&handle.driver_state);
+    handle
+        .config
+        .as_mut()
+        .unwrap()
+        .msgpack_driver_config
+        .clear();
+    let before = inspect(&d, &id).await;
+    let d = kill_and_restart_driver(d).await;
+    set_config(&d, vec![], true).await.unwrap();
+    d.driver()
+        .recover_task(RecoverTaskRequest {
+            task_id: String::new(),
+            handle: Some(handle),
+        })
+        .await
+        .expect("RecoverTask of a version 1 handle");
+    let after = inspect(&d, &id).await;
+    assert_eq!(
+        after.driver.as_ref().unwrap().attributes["helpers"],
+        "separate"
+    );
+    for key in ["pid", "executor_pid", "logmon_pid"] {
+        assert_eq!(attr_pid(&after, key), attr_pid(&before, key), "{key}");
+    }
+    let lines = |a: &Alloc| a.log("old.stdout.0").lines().count();
+    let n = lines(&a);
+    eventually("output after recovery", Duration::from_secs(5), || {
+        lines(&a) > n + 3
+    })
+    .await;
+    for (k, l) in a.log("old.stdout.0").lines().enumerate() {
+        assert_eq!(l, format!("line {}", k + 1), "no line lost or repeated");
+    }
+    // New tasks on this driver get the default, one helper.
+    let t = a.task("new", task_config("/bin/sh", &["-c", "echo new-task"], &[]));
+    let new_id = t.id.clone();
+    start(&d, t).await;
+    assert_eq!(wait(&d, &new_id).await.result.unwrap().exit_code, 0);
+    let i = inspect(&d, &new_id).await;
+    assert_eq!(i.driver.as_ref().unwrap().attributes["helpers"], "combined");
+    destroy(&d, &new_id).await;
+    assert_eq!(a.log("new.stdout.0"), "new-task\n");
+    d.driver()
+        .stop_task(StopTaskRequest {
+            task_id: id.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            signal: "SIGKILL".into(),
+        })
+        .await
+        .expect("StopTask");
+    assert_eq!(wait(&d, &id).await.result.unwrap().signal, 9);
+    destroy(&d, &id).await;
+    for key in ["pid", "executor_pid", "logmon_pid"] {
+        let p = attr_pid(&before, key);
+        eventually(key, Duration::from_secs(10), || !alive(p)).await;
+    }
+    assert_clean(&d, &a).await;
+}
+
+/// `goplugin task-helper` takes the executor's argv JSON and refuses what the executor refuses,
+/// in one line and exit 1: JSON that is not the config, a log level hclog does not have.
+#[test]
+fn the_task_helper_refuses_bad_argv_in_one_line() {
+    for (arg, want) in [
+        ("not json", "task-helper: "),
+        (r#"{"LogFile":"","LogLevel":"loud"}"#, "LogLevel \"loud\""),
+    ] {
+        let out = Command::new(BIN)
+            .args(["task-helper", arg])
+            .env(
+                "NOMAD_PLUGIN_MAGIC_COOKIE",
+                goplugin::nomad::MAGIC_COOKIE_VALUE,
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{arg}: {err}");
+        assert!(
+            err.starts_with("task-helper: ") && err.contains(want),
+            "{arg}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(out.stdout.is_empty());
+    }
 }

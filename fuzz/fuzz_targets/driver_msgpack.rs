@@ -13,7 +13,7 @@
 //! run, `?` one character, the rest literal), checked against a plain recursive matcher.
 #![no_main]
 
-use goplugin::nomad::driver::config::{glob_match, IdRanges, PluginConfig, TaskConfig};
+use goplugin::nomad::driver::config::{glob_match, Helpers, IdRanges, PluginConfig, TaskConfig};
 use goplugin::nomad::driver::state::{TaskState, STATE_VERSION};
 use goplugin::nomad::driver::DRIVER_NAME;
 use goplugin::reattach::ProcessIdentity;
@@ -31,6 +31,7 @@ fn handle_with(config: TaskConfig) -> TaskState {
         user: String::new(),
         config,
         logs: None,
+        helpers: Helpers::Combined,
         executor: ReattachConfig {
             protocol: "grpc".into(),
             protocol_version: 2,

@@ -109,9 +109,72 @@ def cmd_snapshot(pid):
     print(json.dumps(usage(int(pid))))
 
 
+def start_ms(alloc):
+    """Milliseconds from the task's `Task Setup` event to its `Started` event: the agent's
+    prestart hooks and the driver's StartTask (the helpers' start, Launch), as the agent saw it."""
+    events = (((e2e.api(f"v1/allocation/{alloc}").get("TaskStates") or {}).get("t") or {})
+              .get("Events") or [])
+    times = {}
+    for e in events:
+        times.setdefault(e.get("Type"), e.get("Time"))
+    if times.get("Task Setup") and times.get("Started"):
+        return (times["Started"] - times["Task Setup"]) / 1e6
+    return None
+
+
+# The agent relays the driver's hclog fields in no fixed order.
+TASK_FIELD = re.compile(r"\btask=\"?([^\s\"]+)")
+ELAPSED_FIELD = re.compile(r"\belapsed_ms=\"?([0-9.eE+-]+)")
+
+
+def driver_start_ms(agent_log):
+    """{alloc: ms} from the driver's `task started ... elapsed_ms=` lines the agent logged: the
+    time its StartTask took (helpers started, Launch)."""
+    out = {}
+    with open(agent_log, errors="replace") as f:
+        for line in f:
+            if "task started" not in line:
+                continue
+            t, e = TASK_FIELD.search(line), ELAPSED_FIELD.search(line)
+            if t and e:
+                try:
+                    out[t.group(1).split("/", 1)[0]] = float(e.group(1))
+                except ValueError:
+                    pass
+    return out
+
+
+def cmd_starts(meas_file, seq_file, agent_log):
+    """Add the start figures to MEASURE_JSON (in place): `driver_ms` per goplugin_exec alloc of
+    the concurrent jobs, and `sequential`, the one-task jobs of SEQ_FILE (`JOB ALLOC` lines, JOB
+    bench-start-rs-N or -go-N) started one after the other: per driver, their Task Setup -> Started
+    and (goplugin_exec) the driver's StartTask."""
+    with open(meas_file) as f:
+        m = json.load(f)
+    drv = driver_start_ms(agent_log)
+    m["driver_ms"] = {job: {a: drv[a] for a in allocs if a in drv}
+                      for job, allocs in m["jobs"].items()}
+    seq = {"goplugin_exec": {"setup_ms": [], "driver_ms": []}, "raw_exec": {"setup_ms": []}}
+    with open(seq_file) as f:
+        for line in f:
+            job, alloc = line.split()
+            kind = "goplugin_exec" if "-rs-" in job else "raw_exec"
+            try:
+                ms = start_ms(alloc)
+            except Exception:
+                ms = None
+            if ms is not None:
+                seq[kind]["setup_ms"].append(ms)
+            if kind == "goplugin_exec" and alloc in drv:
+                seq[kind]["driver_ms"].append(drv[alloc])
+    m["sequential"] = seq
+    with open(meas_file, "w") as f:
+        json.dump(m, f)
+
+
 def cmd_measure(allocs_file, nomad_exe, plugin_exe, agent_pid, pids_file, cgroups_file):
     """One pass over /proc. ALLOCS_FILE: `JOB ALLOC` lines. Helpers: processes of NOMAD_EXE or
-    PLUGIN_EXE with argv[1] executor/logmon; each belongs to the one allocation whose id appears
+    PLUGIN_EXE with argv[1] executor/logmon/task-helper; each belongs to the one allocation whose id appears
     in its argv, cwd or open files. Drivers: PLUGIN_EXE without arguments. Print JSON: per job,
     per alloc, its helpers with usage(); the drivers; the agent; the agent's children by kind;
     helpers matching no or several allocs. Also appends `PID STARTTIME` of every process of an
@@ -162,6 +225,14 @@ def cmd_measure(allocs_file, nomad_exe, plugin_exe, agent_pid, pids_file, cgroup
                 rec["argv"] = " ".join(p.argv)[:200]
                 out["stray"].append(rec)
     out["agent"] = usage(agent_pid)
+    out["start_ms"] = {job: {} for job in out["jobs"]}
+    for alloc, job in job_of.items():
+        try:
+            ms = start_ms(alloc)
+        except Exception:  # agent busy: that task has no figure
+            ms = None
+        if ms is not None:
+            out["start_ms"][job][alloc] = ms
     out["time"] = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
     print(json.dumps(out))
 
@@ -182,7 +253,15 @@ def mib(kb):
 
 
 def fmt(metric, v):
+    if metric == "fds":
+        return f"{v:.0f}"
     return f"{v:.1f}" if metric == "threads" else f"{mib(v)} MiB"
+
+
+def ms_cell(vals):
+    q = statistics.quantiles(vals, n=10, method="inclusive") if len(vals) > 1 else [vals[0]] * 9
+    return (f"**{statistics.median(vals):.0f} ms** (p10 {q[0]:.0f}, p90 {q[8]:.0f}; "
+            f"{min(vals):.0f}–{max(vals):.0f})")
 
 
 def per_task(allocs, metric):
@@ -231,8 +310,9 @@ def cmd_report(meas_file, meta_file):
     drv = {k: sum(d[k] for d in drivers) for k, _ in METRICS}
     L = []
     w = L.append
-    w(f"## Per task under one Nomad agent: {n_rs} `goplugin_exec` and {n_go} `raw_exec` tasks, "
-      f"Nomad v{meta['version']}")
+    form = meta.get("helpers") or "default"
+    w(f"## Per task under one Nomad agent: {n_rs} `goplugin_exec` (`helpers = \"{form}\"`) and "
+      f"{n_go} `raw_exec` tasks, Nomad v{meta['version']}")
     w("")
     w(f"Generated by `scripts/bench-nomad-tasks` on {m['time']}. One agent ({meta['nomad_bin']}, "
       f"server and client, loopback), all {n_go + n_rs} `sleep 3600` service tasks running at once "
@@ -269,6 +349,26 @@ def cmd_report(meas_file, meta_file):
             else:
                 met, target = "–", "(context)"
             w(f"| {name}{label} | {gc} | {rc} | {ratio:.3f} ({ratio_mean:.3f}) | {target} | {met} |")
+    for key, name in (("fds", "Open fds"),):
+        gc, gmed, _ = cell(key, per_task(go, key))
+        rc, rmed, _ = cell(key, per_task(rs, key))
+        w(f"| {name} | {gc} | {rc} | {rmed / gmed if gmed else float('nan'):.3f} | (context) | – |")
+    lat = m.get("start_ms") or {}
+    lg, lr = list((lat.get(meta["go_job"]) or {}).values()), list((lat.get(meta["rust_job"]) or {}).values())
+    if lg and lr:
+        w(f"| Task Setup → Started (prestart hooks + StartTask), all {n_go + n_rs} starting at once | "
+          f"{ms_cell(lg)} | {ms_cell(lr)} | {statistics.median(lr) / statistics.median(lg):.3f} | (context) | – |")
+    seq = m.get("sequential") or {}
+    sg, sr = (seq.get("raw_exec") or {}).get("setup_ms"), (seq.get("goplugin_exec") or {}).get("setup_ms")
+    if sg and sr:
+        w(f"| Task Setup → Started, one task at a time ({len(sr)} + {len(sg)} one-task jobs) | "
+          f"{ms_cell(sg)} | {ms_cell(sr)} | {statistics.median(sr) / statistics.median(sg):.3f} | (context) | – |")
+    dr = list(((m.get("driver_ms") or {}).get(meta["rust_job"]) or {}).values())
+    ds = (seq.get("goplugin_exec") or {}).get("driver_ms")
+    if dr:
+        w(f"| goplugin_exec's StartTask (its log), all starting at once | – | {ms_cell(dr)} | – | (context) | – |")
+    if ds:
+        w(f"| goplugin_exec's StartTask (its log), one task at a time | – | {ms_cell(ds)} | – | (context) | – |")
     w("")
     w("Per helper process (median over the tasks):")
     w("")
@@ -331,15 +431,105 @@ def cmd_report(meas_file, meta_file):
         w("Not as expected: " + "; ".join(odd) + ".")
     w("")
     w("How: the helpers of a task are the processes of the agent's Nomad binary or of the plugin "
-      "binary whose argv[1] is `executor` or `logmon` and whose argv, cwd or open files name the "
+      "binary whose argv[1] is `executor`, `logmon` or `task-helper` and whose argv, cwd or open files name the "
       "task's allocation id (the executor's argv JSON holds its log file in the alloc dir, the "
       "logmon has the task's FIFOs and log files open). PSS splits each shared page among all "
       "processes mapping it: the Nomad binary's pages are shared by the agent and the raw_exec "
       "helpers, the plugin's by the driver and the goplugin helpers (both binaries are private "
       "copies in the run's work dir, so no other process on the machine shares them). "
-      f"Reproduce: `NOMAD_BIN={meta['nomad_bin']} scripts/bench-nomad-tasks --tasks {meta['tasks_asked']}`.")
+      "The start figures: the time between the task's `Task Setup` and `Started` events in the "
+      "agent's API (Nomad's prestart hooks, then the driver's StartTask: helpers started, Launch), "
+      "for the tasks above (every task of both jobs placed at the same moment on this machine's "
+      "CPUs) and for one-task jobs started one after the other afterwards; and goplugin_exec's "
+      "StartTask alone, from the `elapsed_ms` of the driver's `task started` log line. "
+      f"Reproduce: `NOMAD_BIN={meta['nomad_bin']} scripts/bench-nomad-tasks --tasks {meta['tasks_asked']} "
+      f"--helpers {form}`.")
     print("\n".join(L))
     print("bench-nomad-tasks: " + "; ".join(verdicts), file=sys.stderr)
+
+
+def cmd_compare(sep_meas, sep_meta, comb_meas, comb_meta):
+    """Print the section comparing goplugin_exec's two helper forms, from the measure and meta
+    JSON of one run per form (same Nomad binary, same task count)."""
+    runs = {}
+    for form, mf, tf in (("separate", sep_meas, sep_meta), ("combined", comb_meas, comb_meta)):
+        with open(mf) as f:
+            m = json.load(f)
+        with open(tf) as f:
+            meta = json.load(f)
+        allocs = m["jobs"][meta["rust_job"]]
+        drv = {k: sum(d[k] for d in m["drivers"]) for k in ("pss", "anonymous", "threads", "fds")}
+        lat = list(((m.get("start_ms") or {}).get(meta["rust_job"]) or {}).values())
+        lat_go = list(((m.get("start_ms") or {}).get(meta["go_job"]) or {}).values())
+        runs[form] = (m, meta, allocs, drv, lat, lat_go)
+    _, meta, _, _, _, _ = runs["combined"]
+    n = len(runs["combined"][2])
+    L = []
+    w = L.append
+    w(f"## goplugin_exec's helper forms under one Nomad agent: one process per task "
+      f"(`helpers = \"combined\"`) vs two (`\"separate\"`), Nomad v{meta['version']}")
+    w("")
+    w(f"Generated by `scripts/bench-nomad-tasks --helpers separate,combined` on "
+      f"{runs['combined'][0]['time']}: the same run as the two sections below it, one agent per "
+      f"form ({meta['nomad_bin']}, server and client, loopback, fresh data dir), each running {n} "
+      f"`sleep 3600` tasks under goplugin_exec next to {n} under raw_exec, measured "
+      f"{meta['settle']} s after the last one started, then one-task jobs started one at a time "
+      f"(the start figures \"one task at a time\"). goplugin: `{meta['goplugin_bin']}` "
+      f"({meta['goplugin_kind']} build). Machine: {machine()}.")
+    w("")
+    w("Each cell: **median** over the tasks (mean; min–max) of the sum over the task's helper "
+      "processes (separate: `goplugin executor` + `goplugin logmon`; combined: one `goplugin "
+      "task-helper`). \"+ driver/N\": the driver process, shared by all tasks, divided by the "
+      "task count and added to each task. Ratio = combined median / separate median.")
+    w("")
+    w("| Metric, per task | separate (two helpers) | combined (one helper) | combined/separate |")
+    w("|---|---|---|---|")
+    rows = [("pss", "PSS"), ("anonymous", "Anonymous memory"), ("threads", "Threads"),
+            ("fds", "Open fds"), ("rss", "RSS (context)")]
+    for key, name in rows:
+        for with_driver in (False, True):
+            if with_driver and key == "rss":
+                continue
+            cells, meds = [], []
+            for form in ("separate", "combined"):
+                _, _, allocs, drv, _, _ = runs[form]
+                extra = drv[key] / max(len(allocs), 1) if with_driver else 0.0
+                c, med, _ = cell(key, per_task(allocs, key), extra)
+                cells.append(c)
+                meds.append(med)
+            label = name + (" + driver/N" if with_driver else "")
+            w(f"| {label} | {cells[0]} | {cells[1]} | {meds[1] / meds[0] if meds[0] else float('nan'):.3f} |")
+    procs = []
+    for form in ("separate", "combined"):
+        allocs = runs[form][2]
+        procs.append(statistics.median(len(hs) for hs in allocs.values()))
+    w(f"| Helper processes | {procs[0]:g} | {procs[1]:g} | {procs[1] / procs[0]:.3f} |")
+    def seq_of(form, kind, key):
+        return ((runs[form][0].get("sequential") or {}).get(kind) or {}).get(key) or []
+
+    def conc_driver(form):
+        m, meta = runs[form][0], runs[form][1]
+        return list(((m.get("driver_ms") or {}).get(meta["rust_job"]) or {}).values())
+
+    for label, a, b in (
+            ("StartTask in the driver (its `task started` log line), one task at a time",
+             seq_of("separate", "goplugin_exec", "driver_ms"), seq_of("combined", "goplugin_exec", "driver_ms")),
+            ("Task Setup → Started events, one task at a time",
+             seq_of("separate", "goplugin_exec", "setup_ms"), seq_of("combined", "goplugin_exec", "setup_ms")),
+            (f"StartTask in the driver, all {2 * n} tasks of the run starting at once",
+             conc_driver("separate"), conc_driver("combined"))):
+        if a and b:
+            w(f"| {label} | {ms_cell(a)} | {ms_cell(b)} | {statistics.median(b) / statistics.median(a):.3f} |")
+    ls, lc = runs["separate"][4], runs["combined"][4]
+    if ls and lc:
+        w(f"| Task Setup → Started events, all {2 * n} starting at once | {ms_cell(ls)} | {ms_cell(lc)} | "
+          f"{statistics.median(lc) / statistics.median(ls):.3f} |")
+        gs, gc = runs["separate"][5], runs["combined"][5]
+        if gs and gc:
+            w(f"| the same for the raw_exec tasks started alongside (context: the load) | "
+              f"{ms_cell(gs)} | {ms_cell(gc)} | {statistics.median(gc) / statistics.median(gs):.3f} |")
+    w("")
+    print("\n".join(L))
 
 
 def main():

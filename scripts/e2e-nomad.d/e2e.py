@@ -201,11 +201,12 @@ class Proc:
         return 0
 
     def role(self, exes, plugin):
-        """executor / logmon (argv[1], Nomad's re-exec names) of a known binary, or driver
-        (the plugin binary started without arguments, as Nomad's loader does)."""
+        """executor / logmon (argv[1], Nomad's re-exec names) or task-helper (goplugin's both in
+        one process, helpers = "combined") of a known binary, or driver (the plugin binary
+        started without arguments, as Nomad's loader does)."""
         if self.exe not in exes:
             return None
-        if len(self.argv) > 1 and self.argv[1] in ("executor", "logmon"):
+        if len(self.argv) > 1 and self.argv[1] in ("executor", "logmon", "task-helper"):
             return self.argv[1]
         if self.exe == plugin and len(self.argv) == 1:
             return "driver"
@@ -243,7 +244,7 @@ def real(p):
 
 
 def cmd_helpers(alloc, nomad_bin, plugin):
-    """Lines `ROLE PID PPID FDS THREADS` of the executors and logmons serving ALLOC (argv of
+    """Lines `ROLE PID PPID FDS THREADS` of the executors, logmons and task-helpers serving ALLOC (argv of
     Nomad's binary or of the plugin, the alloc id in argv or an open file) and of every driver
     process (the plugin without arguments)."""
     exes = {real(nomad_bin), real(plugin)} - {""}

@@ -1,6 +1,7 @@
 //! Nomad's per-task helper plugins (spec nomad-executor-logmon.md), Linux only.
 
 pub mod agent;
+pub mod combined;
 pub mod driver;
 pub mod executor;
 pub mod logmon;

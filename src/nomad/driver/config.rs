@@ -14,6 +14,7 @@ pub const PLUGIN_KEYS: &[&str] = &[
     "denied_host_gids",
     "denied_host_uids",
     "enabled",
+    "helpers",
     "no_cgroups",
 ];
 
@@ -50,6 +51,16 @@ pub enum ConfigError {
         value: String,
         /// What is wrong.
         reason: String,
+    },
+    /// A plugin setting whose value is out of its domain.
+    #[error("plugin config: {key} {value:?} {reason}")]
+    PluginValue {
+        /// The key.
+        key: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: &'static str,
     },
     /// A setting whose value is out of its domain.
     #[error("task config: {key} {value:?} {reason}")]
@@ -98,6 +109,40 @@ impl IdRanges {
     }
 }
 
+/// How a task's executor and logmon run: the plugin config's `helpers`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Helpers {
+    /// One `goplugin task-helper` per task serving both services (one socket, one reattach):
+    /// less memory, fewer threads and fds, a faster start (BENCHMARKS.md).
+    #[default]
+    Combined,
+    /// `goplugin executor` and `goplugin logmon`, two processes, as Nomad's own client runs them.
+    Separate,
+}
+
+impl Helpers {
+    /// The value as written in the plugin config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Helpers::Combined => "combined",
+            Helpers::Separate => "separate",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Helpers, ConfigError> {
+        match value {
+            "combined" => Ok(Helpers::Combined),
+            "separate" => Ok(Helpers::Separate),
+            _ => Err(ConfigError::PluginValue {
+                key: "helpers",
+                value: value.to_string(),
+                reason: "must be \"combined\" (executor and logmon in one process per task) or \"separate\" (two, as Nomad's client runs them)",
+            }),
+        }
+    }
+}
+
 /// The plugin config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
@@ -111,6 +156,8 @@ pub struct PluginConfig {
     pub denied_host_gids: IdRanges,
     /// Globs of environment variables never passed to tasks.
     pub denied_envvars: Vec<String>,
+    /// One helper process per task or two.
+    pub helpers: Helpers,
 }
 
 impl Default for PluginConfig {
@@ -121,6 +168,7 @@ impl Default for PluginConfig {
             denied_host_uids: IdRanges::default(),
             denied_host_gids: IdRanges::default(),
             denied_envvars: vec![],
+            helpers: Helpers::default(),
         }
     }
 }
@@ -142,6 +190,10 @@ impl PluginConfig {
                 &f.string("denied_host_gids")?.unwrap_or_default(),
             )?,
             denied_envvars: f.strings("denied_envvars")?,
+            helpers: match f.string("helpers")? {
+                Some(h) => Helpers::parse(&h)?,
+                None => d.helpers,
+            },
         })
     }
 }
@@ -296,6 +348,19 @@ mod tests {
             e.to_string(),
             "plugin config: \"enabled\" must be a bool, not string \"yes\""
         );
+        let e = PluginConfig::decode(&encode(&[("helpers", Value::from("both"))])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plugin config: helpers \"both\" must be \"combined\" (executor and logmon in one \
+             process per task) or \"separate\" (two, as Nomad's client runs them)"
+        );
+        let e = PluginConfig::decode(&encode(&[("helpers", Value::from(2))])).unwrap_err();
+        assert!(
+            e.to_string().contains("\"helpers\" must be a string"),
+            "{e}"
+        );
+        let c = PluginConfig::decode(&encode(&[("helpers", Value::from("separate"))])).unwrap();
+        assert_eq!(c.helpers, Helpers::Separate);
         let e = PluginConfig::decode(&encode(&[("nope", Value::from(1))])).unwrap_err();
         assert!(e.to_string().contains("unknown key \"nope\""), "{e}");
     }

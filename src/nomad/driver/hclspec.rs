@@ -45,6 +45,7 @@ pub fn plugin_config() -> Spec {
     object(vec![
         ("enabled", with_default("enabled", "bool", "true")),
         ("no_cgroups", with_default("no_cgroups", "bool", "false")),
+        ("helpers", with_default("helpers", "string", "\"combined\"")),
         (
             "denied_host_uids",
             attr("denied_host_uids", "string", false),

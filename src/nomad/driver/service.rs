@@ -228,15 +228,23 @@ impl Driver for DriverService {
             Status::already_exists(format!("task with ID {:?} already started", cfg.id))
         })?;
         let (plugin, agent) = self.shared.settings();
+        let begun = std::time::Instant::now();
         let started = task::start(&cfg, &plugin, &agent, self.shared.events())
             .await
             .map_err(|e| {
                 tracing::warn!(task = %cfg.id, error = %e, "StartTask failed");
                 task_status(&e)
             })?;
-        tracing::info!(task = %cfg.id, pid = started.state.task.pid, "task started");
+        // elapsed_ms: StartTask's own time (helpers started, Launch), read by bench-nomad-tasks.
+        tracing::info!(
+            task = %cfg.id,
+            pid = started.state.task.pid,
+            helpers = started.state.helpers.as_str(),
+            elapsed_ms = begun.elapsed().as_secs_f64() * 1000.0,
+            "task started"
+        );
         let handle = TaskHandle {
-            version: super::state::STATE_VERSION as i32,
+            version: super::state::HANDLE_VERSION,
             config: Some(cfg),
             state: TaskState::Running as i32,
             driver_state: started.state.encode(),
@@ -312,6 +320,10 @@ impl Driver for DriverService {
         let mut attributes = std::collections::HashMap::new();
         attributes.insert("pid".to_string(), task.state.task.pid.to_string());
         attributes.insert("executor_pid".to_string(), task.executor_pid().to_string());
+        attributes.insert(
+            "helpers".to_string(),
+            task.state.helpers.as_str().to_string(),
+        );
         if let Some(p) = task.logmon_pid() {
             attributes.insert("logmon_pid".to_string(), p.to_string());
         }

@@ -2,16 +2,22 @@
 //! §11): everything the driver needs to find a task again after the agent or the driver itself
 //! restarted, since the agent then sends no task config (pitfall P6). msgpack (named fields),
 //! versioned, and marked with the driver's name so a handle written by another driver is refused
-//! rather than misread.
+//! rather than misread. Version 2 adds `helpers` (one helper process per task or two); a
+//! version 1 handle, written before that choice existed, is a two-helper task.
 
 use serde::{Deserialize, Serialize};
 
-use super::config::TaskConfig;
+use super::config::{Helpers, TaskConfig};
 use super::DRIVER_NAME;
 use crate::reattach::{ProcessIdentity, ReattachConfig};
 
-/// `TaskHandle.version` and [`TaskState::version`] this driver writes (0 is reserved by Nomad).
-pub const STATE_VERSION: u32 = 1;
+/// `TaskHandle.version` this driver writes and reads (0 is reserved by Nomad); the layout of
+/// `driver_state` is versioned inside it ([`STATE_VERSION`]).
+pub const HANDLE_VERSION: i32 = 1;
+/// [`TaskState::version`] this driver writes: 2 since `helpers`.
+pub const STATE_VERSION: u32 = 2;
+/// The oldest [`TaskState::version`] this driver reads: 1, two helpers, no `helpers` field.
+pub const OLDEST_STATE_VERSION: u32 = 1;
 
 /// Errors reading a handle.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +32,7 @@ pub enum StateError {
     Foreign(String),
     /// Written by a version of this driver that this one cannot read.
     #[error(
-        "task handle state version {0} is not one this driver reads (it reads {STATE_VERSION})"
+        "task handle state version {0} is not one this driver reads (it reads {OLDEST_STATE_VERSION} to {STATE_VERSION})"
     )]
     Version(u32),
 }
@@ -67,15 +73,22 @@ pub struct TaskState {
     pub config: TaskConfig,
     /// Logs; `None` when the task's output goes to /dev/null.
     pub logs: Option<LogConfig>,
-    /// Reattach to the executor.
+    /// One helper process or two (absent from version 1 handles: two).
+    #[serde(default = "two_helpers")]
+    pub helpers: Helpers,
+    /// Reattach to the executor (with `Helpers::Combined`, the one helper serving both).
     pub executor: ReattachConfig,
     /// Reattach to logmon (as first started; a replacement started later is found again by
-    /// starting another).
+    /// starting another); `None` with `Helpers::Combined` or when there are no logs.
     pub logmon: Option<ReattachConfig>,
     /// The task's main process.
     pub task: ProcessIdentity,
     /// Start time, nanoseconds since the Unix epoch.
     pub started_at_unix_nanos: i64,
+}
+
+fn two_helpers() -> Helpers {
+    Helpers::Separate
 }
 
 impl TaskState {
@@ -97,7 +110,7 @@ impl TaskState {
         if mark.driver != DRIVER_NAME {
             return Err(StateError::Foreign(mark.driver));
         }
-        if mark.version != STATE_VERSION {
+        if !(OLDEST_STATE_VERSION..=STATE_VERSION).contains(&mark.version) {
             return Err(StateError::Version(mark.version));
         }
         rmp_serde::from_slice(bytes).map_err(|e| StateError::Corrupt(e.to_string()))
@@ -138,6 +151,7 @@ mod tests {
                 ..Default::default()
             },
             logs: None,
+            helpers: Helpers::Separate,
             executor: rc.clone(),
             logmon: Some(rc),
             task: ProcessIdentity {
@@ -152,6 +166,35 @@ mod tests {
     fn round_trips() {
         let s = sample();
         assert_eq!(TaskState::decode(&s.encode()).unwrap(), s);
+    }
+
+    /// What the driver wrote before `helpers` existed: version 1, the same fields without it.
+    #[test]
+    fn reads_a_version_1_handle_as_two_helpers() {
+        let mut s = sample();
+        s.helpers = Helpers::Combined;
+        let rmpv::Value::Map(fields) = rmpv::decode::read_value(&mut &s.encode()[..]).unwrap()
+        else {
+            panic!("not a map")
+        };
+        let v1: Vec<_> = fields
+            .into_iter()
+            .filter(|(k, _)| k.as_str() != Some("helpers"))
+            .map(|(k, v)| match k.as_str() {
+                Some("version") => (k, rmpv::Value::from(1)),
+                _ => (k, v),
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &rmpv::Value::Map(v1)).unwrap();
+        let read = TaskState::decode(&bytes).unwrap();
+        assert_eq!(read.helpers, Helpers::Separate);
+        assert_eq!(read.version, 1);
+        assert_eq!(read.executor, s.executor);
+        let mut combined = sample();
+        combined.helpers = Helpers::Combined;
+        combined.logmon = None;
+        assert_eq!(TaskState::decode(&combined.encode()).unwrap(), combined);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! One task's life under the driver (spec nomad-driver-plugin.md §10-§12): its logmon and its
-//! executor, both this binary re-executed from /proc/self/exe (`goplugin logmon`,
-//! `goplugin executor <json>`) in sessions of their own so they outlive the driver and the agent;
+//! executor, this binary re-executed from /proc/self/exe in sessions of their own so they outlive
+//! the driver and the agent, either as one process serving both (`goplugin task-helper <json>`,
+//! plugin config `helpers = "combined"`) or as two (`goplugin logmon`, `goplugin executor
+//! <json>`, `helpers = "separate"`, as Nomad's own client runs them);
 //! the Launch a raw_exec driver of the agent's generation sends (nomad-versions.md §3); one waiter
 //! that turns the executor's Wait (or its death) into the task's exit; a watchdog that replaces a
-//! logmon that died; recovery from the handle state alone; and clean-up that leaves no process,
+//! logmon that died (two-process form only: in the combined form logmon dies with the executor,
+//! which ends the task); recovery from the handle state alone; and clean-up that leaves no process,
 //! FIFO or cgroup behind, also when a start fails half-way.
 
 use std::os::fd::OwnedFd;
@@ -16,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{env_list, ConfigError, PluginConfig, TaskConfig};
-use super::state::{LogConfig, StateError, TaskState, STATE_VERSION};
+use super::config::{env_list, ConfigError, Helpers, PluginConfig, TaskConfig};
+use super::state::{LogConfig, StateError, TaskState, HANDLE_VERSION, STATE_VERSION};
 use super::DRIVER_NAME;
 use crate::nomad::executor::config::Compute;
 use crate::nomad::executor::signals;
@@ -88,7 +91,7 @@ pub enum TaskError {
     /// A helper could not be started.
     #[error("starting {helper}: {source}")]
     Helper {
-        /// `executor` or `logmon`.
+        /// `executor`, `logmon` or `task-helper` (both in one process).
         helper: &'static str,
         /// What failed.
         source: ClientError,
@@ -117,7 +120,7 @@ pub enum TaskError {
     #[error(transparent)]
     State(#[from] StateError),
     /// The handle is not one this driver wrote.
-    #[error("task handle version {0} is not one this driver writes ({STATE_VERSION})")]
+    #[error("task handle version {0} is not one this driver writes ({HANDLE_VERSION})")]
     HandleVersion(i32),
     /// The task's executor is gone, so the task cannot be recovered.
     #[error("cannot recover task {id}: its executor is gone ({reason}); the task's processes were killed")]
@@ -209,6 +212,18 @@ fn helper_command(args: &[&str]) -> Result<Command, TaskError> {
     Ok(cmd)
 }
 
+fn logmon_start_request(logs: &LogConfig, name: &str) -> StartRequest {
+    StartRequest {
+        log_dir: logs.log_dir.clone(),
+        stdout_file_name: format!("{name}.stdout"),
+        stderr_file_name: format!("{name}.stderr"),
+        max_files: logs.max_files,
+        max_file_size_mb: logs.max_file_size_mb,
+        stdout_fifo: logs.stdout_fifo.clone(),
+        stderr_fifo: logs.stderr_fifo.clone(),
+    }
+}
+
 async fn start_logmon(logs: &LogConfig, name: &str) -> Result<Client, TaskError> {
     let client = Client::builder(helper_command(&["logmon"])?, crate::nomad::handshake())
         .name("logmon")
@@ -220,15 +235,7 @@ async fn start_logmon(logs: &LogConfig, name: &str) -> Result<Client, TaskError>
             source,
         })?;
     let started = LogMonClient::new(client.channel())
-        .start(StartRequest {
-            log_dir: logs.log_dir.clone(),
-            stdout_file_name: format!("{name}.stdout"),
-            stderr_file_name: format!("{name}.stderr"),
-            max_files: logs.max_files,
-            max_file_size_mb: logs.max_file_size_mb,
-            stdout_fifo: logs.stdout_fifo.clone(),
-            stderr_fifo: logs.stderr_fifo.clone(),
-        })
+        .start(logmon_start_request(logs, name))
         .await;
     if let Err(s) = started {
         client.kill().await;
@@ -472,7 +479,22 @@ pub async fn start(
         logmon: None,
         executor: None,
     };
-    match start_helpers(task, &cfg, plugin, agent, &task_dir, &mut partial).await {
+    if let Some(logs) = &partial.logs {
+        std::fs::create_dir_all(&logs.log_dir).map_err(|source| TaskError::Io {
+            what: "creating the log directory",
+            path: PathBuf::from(&logs.log_dir),
+            source,
+        })?;
+    }
+    let started = match plugin.helpers {
+        Helpers::Combined => {
+            start_combined(task, &cfg, plugin, agent, &task_dir, &mut partial).await
+        }
+        Helpers::Separate => {
+            start_helpers(task, &cfg, plugin, agent, &task_dir, &mut partial).await
+        }
+    };
+    match started {
         Ok((executor, pid, readers)) => {
             let logmon = partial.logmon.take();
             let state = TaskState {
@@ -485,6 +507,7 @@ pub async fn start(
                 user: task.user.clone(),
                 config: cfg,
                 logs,
+                helpers: plugin.helpers,
                 executor: executor.reattach_config(),
                 logmon: logmon.as_ref().map(Client::reattach_config),
                 task: ProcessIdentity::of(pid).unwrap_or(ProcessIdentity {
@@ -512,11 +535,6 @@ async fn start_helpers(
 ) -> Result<(Client, u32, Vec<OwnedFd>), TaskError> {
     let mut readers = Vec::new();
     if let Some(logs) = &partial.logs {
-        std::fs::create_dir_all(&logs.log_dir).map_err(|source| TaskError::Io {
-            what: "creating the log directory",
-            path: PathBuf::from(&logs.log_dir),
-            source,
-        })?;
         partial.logmon = Some(start_logmon(logs, &task.name).await?);
         readers = hold_fifos(logs);
     }
@@ -536,17 +554,63 @@ async fn start_helpers(
     })?;
     // Until Launch succeeds a failure must stop it too.
     partial.executor = Some(executor.clone());
+    let pid = launch(&executor, task, cfg, plugin, agent, partial).await?;
+    Ok((executor, pid, readers))
+}
+
+/// Launch on `executor`; the task's pid. Clears `partial.executor` once the task runs.
+async fn launch(
+    executor: &Client,
+    task: &TaskConfigProto,
+    cfg: &TaskConfig,
+    plugin: &PluginConfig,
+    agent: &AgentInfo,
+    partial: &mut Partial,
+) -> Result<u32, TaskError> {
     let req = launch_request(task, cfg, plugin, agent, partial.logs.as_ref());
     let launched = ExecutorClient::new(executor.channel())
         .launch(req)
         .await
         .map_err(rpc("executor", "Launch"))?;
     partial.executor = None;
-    let pid = launched
+    Ok(launched
         .into_inner()
         .process
-        .map_or(0, |p| p.pid.max(0) as u32);
-    Ok((executor, pid, readers))
+        .map_or(0, |p| p.pid.max(0) as u32))
+}
+
+/// The combined form: one `goplugin task-helper <json>` process, its LogMon started on the FIFOs,
+/// then Launch on its Executor. No FIFO read ends are held: no other logmon ever replaces this
+/// one, since its death is the executor's and ends the task.
+async fn start_combined(
+    task: &TaskConfigProto,
+    cfg: &TaskConfig,
+    plugin: &PluginConfig,
+    agent: &AgentInfo,
+    task_dir: &Path,
+    partial: &mut Partial,
+) -> Result<(Client, u32, Vec<OwnedFd>), TaskError> {
+    let json = executor_json(task_dir, agent);
+    let entry = crate::nomad::combined::ENTRY_NAME;
+    let helper = Client::builder(helper_command(&[entry, &json])?, crate::nomad::handshake())
+        .name(entry)
+        .stdin(Stdio::null())
+        .port_range(agent.ports.0, agent.ports.1)
+        .start()
+        .await
+        .map_err(|source| TaskError::Helper {
+            helper: entry,
+            source,
+        })?;
+    partial.executor = Some(helper.clone());
+    if let Some(logs) = &partial.logs {
+        LogMonClient::new(helper.channel())
+            .start(logmon_start_request(logs, &task.name))
+            .await
+            .map_err(rpc("logmon", "Start"))?;
+    }
+    let pid = launch(&helper, task, cfg, plugin, agent, partial).await?;
+    Ok((helper, pid, Vec::new()))
 }
 
 /// Finds a task again from its handle state: reattaches to its executor (which must answer
@@ -557,7 +621,7 @@ pub async fn recover(
     driver_state: &[u8],
     events: broadcast::Sender<DriverTaskEvent>,
 ) -> Result<Arc<Task>, TaskError> {
-    if version != STATE_VERSION as i32 {
+    if version != HANDLE_VERSION {
         return Err(TaskError::HandleVersion(version));
     }
     let state = TaskState::decode(driver_state)?;
@@ -582,7 +646,8 @@ pub async fn recover(
         }
     };
     let mut logmon = None;
-    if let Some(logs) = &state.logs {
+    let separate = state.helpers == Helpers::Separate;
+    if let (Some(logs), true) = (&state.logs, separate) {
         let mut found = None;
         for candidate in logmon_candidates(&state) {
             found = reattach_logmon(&candidate).await;
@@ -605,7 +670,10 @@ pub async fn recover(
             },
         };
     }
-    let readers = state.logs.as_ref().map(hold_fifos).unwrap_or_default();
+    let readers = match &state.logs {
+        Some(logs) if separate => hold_fifos(logs),
+        _ => Vec::new(),
+    };
     Ok(Task::assemble(state, executor, logmon, readers, events))
 }
 
@@ -645,11 +713,12 @@ impl Task {
         });
         tokio::spawn(wait_for_exit(
             task.executor.clone(),
+            task.state.helpers,
             task.state.task,
             task.state.id.clone(),
             tx,
         ));
-        if task.state.logs.is_some() {
+        if task.state.logs.is_some() && task.state.helpers == Helpers::Separate {
             tokio::spawn(watch_logmon(Arc::downgrade(&task), events));
         }
         task
@@ -665,9 +734,12 @@ impl Task {
         self.executor.pid()
     }
 
-    /// logmon's pid, if one runs.
+    /// logmon's pid, if one runs (the executor's in the combined form).
     pub fn logmon_pid(&self) -> Option<u32> {
-        self.lock_logmon().as_ref().map(Client::pid)
+        match self.state.helpers {
+            Helpers::Combined => self.state.logs.as_ref().map(|_| self.executor.pid()),
+            Helpers::Separate => self.lock_logmon().as_ref().map(Client::pid),
+        }
     }
 
     fn lock_logmon(&self) -> std::sync::MutexGuard<'_, Option<Client>> {
@@ -726,6 +798,14 @@ impl Task {
                 .await;
             let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
         }
+        if self.state.helpers == Helpers::Combined
+            && self.state.logs.is_some()
+            && !self.executor.exited()
+        {
+            // Drains what the task wrote last into the files before the process goes.
+            let mut logmon = LogMonClient::new(self.executor.channel());
+            let _ = tokio::time::timeout(Duration::from_secs(5), logmon.stop(StopRequest {})).await;
+        }
         self.executor.kill().await;
         let logmon = self.lock_logmon().take();
         if let Some(l) = logmon {
@@ -762,6 +842,7 @@ fn executor_lost(reason: String) -> Exited {
 /// (not 0: hashicorp/nomad#25453) after killing what the executor left running.
 async fn wait_for_exit(
     executor: Client,
+    helpers: Helpers,
     task: ProcessIdentity,
     id: String,
     tx: watch::Sender<Option<Exited>>,
@@ -797,9 +878,13 @@ async fn wait_for_exit(
                 }
                 let _ = tokio::task::spawn_blocking(move || reap_orphans(&task)).await;
                 remove_dead_socket(&executor.reattach_config());
-                tracing::error!(task = %id, executor = executor.pid(), "executor exited while the task ran; task processes killed");
+                let what = match helpers {
+                    Helpers::Combined => "task helper (executor and logmon)",
+                    Helpers::Separate => "executor",
+                };
+                tracing::error!(task = %id, executor = executor.pid(), "{what} exited while the task ran; task processes killed");
                 break executor_lost(format!(
-                    "executor (pid {}) exited unexpectedly; the task's processes were killed",
+                    "{what} (pid {}) exited unexpectedly; the task's processes were killed",
                     executor.pid()
                 ));
             }

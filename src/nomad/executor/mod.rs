@@ -44,17 +44,8 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
             return 1;
         }
     };
-    let executor = if cfg.fs_isolation {
-        // Nomad 1.6 sends `CpuTotalTicks`, 1.7+ `Compute`: the generation decides user
-        // resolution, cgroup names and the parent-death signal.
-        service::ExecutorService::isolated(cfg.effective_compute(), cfg.cpu_total_ticks.is_some())
-    } else {
-        service::ExecutorService::new(cfg.effective_compute())
-    };
+    let executor = service_for(&cfg, &runtime);
     let registered = executor.clone();
-    if cfg.fs_isolation && cfg.cpu_total_ticks.is_none() {
-        runtime.spawn(executor.clone().catch_signals());
-    }
     let served = runtime.block_on(
         Server::new(super::handshake())
             .services(move |s| {
@@ -72,8 +63,26 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
     }
 }
 
+/// The executor the argv asks for: universal, or isolated (`FSIsolation`) with Nomad 1.7+'s
+/// signal handling started on `runtime`. Nomad 1.6 sends `CpuTotalTicks`, 1.7+ `Compute`: the
+/// generation decides user resolution, cgroup names and the parent-death signal.
+pub(crate) fn service_for(
+    cfg: &ExecutorConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> service::ExecutorService {
+    if !cfg.fs_isolation {
+        return service::ExecutorService::new(cfg.effective_compute());
+    }
+    let legacy = cfg.cpu_total_ticks.is_some();
+    let executor = service::ExecutorService::isolated(cfg.effective_compute(), legacy);
+    if !legacy {
+        runtime.spawn(executor.clone().catch_signals());
+    }
+    executor
+}
+
 /// hclog lines go to `LogFile` (created or appended, mode 0666) at `LogLevel`, else to stderr.
-fn init_logging(cfg: &ExecutorConfig) -> Result<(), String> {
+pub(crate) fn init_logging(cfg: &ExecutorConfig) -> Result<(), String> {
     let filter = cfg.filter_directive().map_err(|e| e.to_string())?;
     let name = if cfg.fs_isolation {
         "isolated_executor"
