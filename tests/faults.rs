@@ -2642,7 +2642,6 @@ async fn socket_files_removed_under_a_detached_task() {
 // A host that reattaches and drops the client (as `status`-like callers do: no kill)
 // ---------------------------------------------------------------------------------------------
 
-#[ignore = "defect: a dropped reattached Client keeps its connection and stream tasks (host and plugin +1 fd per reattach)"]
 #[test]
 fn dropped_reattached_clients_leave_nothing_behind() {
     host_row(async {
