@@ -1346,7 +1346,6 @@ fn copiers_idle(pid: u32) -> bool {
 /// (as Nomad's logmon hook starts one) opens the same FIFOs, and every line the pipe took is in
 /// the files, in order.
 #[tokio::test]
-#[ignore = "flaky: failed once in about 25 runs on a loaded machine, cause not yet found"]
 async fn sigkill_logmon_mid_stream() {
     let _s = shared().await;
     let tag = Tag::new("logmon-stream");
@@ -1420,7 +1419,6 @@ async fn sigkill_logmon_mid_stream() {
 
 /// logmon SIGKILLed while it holds bytes it already took from the FIFO (a full disk keeps them
 /// in its memory, retrying every second): those bytes reached the FIFO and are lost with it.
-#[ignore = "defect: a SIGKILLed logmon loses the chunk it read from the FIFO but had not written (up to 64 KiB; here the full-disk hold)"]
 #[tokio::test]
 async fn sigkill_logmon_holding_output_on_a_full_disk() {
     let _s = shared().await;
@@ -2289,7 +2287,6 @@ async fn enospc_in_the_agent_detached() {
 
 /// An attached run on a full disk: logmon cannot write the task's output, holds it, and its Stop
 /// gives the held bytes up; the user must hear that the output was not kept.
-#[ignore = "defect: `goplugin run` on a full disk loses the task's output at logmon's Stop and says nothing about it"]
 #[tokio::test]
 async fn enospc_in_the_agent_attached() {
     let _s = shared().await;
