@@ -231,6 +231,14 @@ impl Server {
             return Err(ServeError::Handshake(e));
         }
         tracing::debug!(version, address = %line.address, "plugin serving");
+        // From the Shutdown on, captured stdout nobody will read is dropped, not waited for: a
+        // handler stuck writing fd 1 then finishes within the grace period.
+        let serving = stdio::serving();
+        let released = shutdown.clone();
+        tokio::spawn(async move {
+            released.cancelled().await;
+            drop(serving);
+        });
         if let Some(f) = self.on_serving.take() {
             f(&line);
         }

@@ -2375,7 +2375,6 @@ fn print_stdio_calls(
 /// The host opened `StreamStdio` and stopped reading: the plugin's stdout fills up and its
 /// writers wait (backpressure, nothing dropped), its other RPCs are still answered, and once the
 /// host reads again every byte arrives in order.
-#[ignore = "defect: a handler blocked writing fd 1 (host not reading GRPCStdio) wedges the plugin's tokio runtime: other RPCs unanswered, and the stdio drain stalls even after the host reads again"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_stdio_reader_then_resumed() {
     let _s = shared().await;
@@ -2441,7 +2440,6 @@ async fn stalled_stdio_reader_then_resumed() {
 
 /// Shutdown while the host has stopped reading GRPCStdio: the plugin must still exit (Go's
 /// does: its main returns whatever goroutines are blocked), not wait for a reader forever.
-#[ignore = "defect: a plugin whose host stopped reading GRPCStdio never exits after Shutdown (a tokio worker stays blocked writing fd 1)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_stdio_reader_then_shutdown() {
     let _s = shared().await;
