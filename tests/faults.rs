@@ -2029,17 +2029,29 @@ async fn sigkill_agent_at(
         cgroups.track(p.pid as u32);
     }
     let state = base.path().join("t/state.json").exists();
+    // A task printing `line N`: what logmon wrote is whole, in order, without a gap.
+    let (text, _) = rotated(&base.path().join("t/logs"), "t.stdout");
+    let numbers = line_numbers(&text, "line ");
+    let whole = numbers
+        .iter()
+        .enumerate()
+        .all(|(i, n)| *n == Some(i as u64));
     report(
         row,
         format!(
-            "{stage}: {observed}; logmon pid {:?}, executor pid {:?}; `goplugin run` SIGKILLed; state file: {state}; left after 5 s: {}; last said: {:?}",
+            "{stage}: {observed}; logmon pid {:?}, executor pid {:?}; `goplugin run` SIGKILLed; state file: {state}; left after 5 s: {}; {} lines in the files, whole and contiguous: {whole}; last said: {:?}",
             logmon.map(|p| p.pid),
             executor.map(|p| p.pid),
             listing(&left),
+            numbers.len(),
             agent.err.text().lines().last().unwrap_or("")
         ),
     );
     assert!(left.is_empty(), "orphaned: {}", listing(&left));
+    assert!(
+        !text.starts_with(b"line ") || whole,
+        "what logmon wrote is whole"
+    );
 }
 
 #[tokio::test]
@@ -2075,6 +2087,8 @@ async fn sigkill_agent_mid_rpc() {
     .await;
 }
 
+/// The agent dies while its task streams lines: once its watcher has stopped everything, what
+/// logmon wrote is whole and without a gap (its Stop drained the FIFO before it ended).
 #[tokio::test]
 async fn sigkill_agent_mid_stream() {
     sigkill_agent_at(

@@ -390,13 +390,13 @@ async fn start_task(o: &RunOptions, watcher: &mut watch::Watcher) -> Result<Runn
     // logmon sits outside our process group and outlives us unless told: every failure from
     // here on stops it.
     match start_under_logmon(o, &logmon, watcher, &task_dir, &log_dir, program, args).await {
-        Ok((executor, pid)) => Ok(Running {
+        Ok((executor, pid, record)) => Ok(Running {
             executor,
             logmon,
             log_dir,
             task_dir,
             pid,
-            record: TaskRecord::of(pid),
+            record,
         }),
         Err(e) => {
             let _ = LogMonClient::new(logmon.channel())
@@ -409,6 +409,7 @@ async fn start_task(o: &RunOptions, watcher: &mut watch::Watcher) -> Result<Runn
 }
 
 /// logmon's Start, then the executor and its Launch; the executor is killed if Launch fails.
+/// Returns the executor, the task's pid and its record (none when it ended at once).
 async fn start_under_logmon(
     o: &RunOptions,
     logmon: &Client,
@@ -417,7 +418,7 @@ async fn start_under_logmon(
     log_dir: &Path,
     program: &str,
     args: &[String],
-) -> Result<(Client, i32), AgentError> {
+) -> Result<(Client, i32, Option<TaskRecord>), AgentError> {
     let stdout_fifo = log_dir.join(format!(".{}.stdout.fifo", o.name));
     let stderr_fifo = log_dir.join(format!(".{}.stderr.fifo", o.name));
     LogMonClient::new(logmon.channel())
@@ -468,10 +469,11 @@ async fn start_under_logmon(
     match launched {
         Ok(r) => {
             let pid = r.into_inner().process.map_or(0, |p| p.pid);
-            if let Some(record) = TaskRecord::of(pid) {
-                watcher.note(&watch::Note::Task(record));
+            let record = TaskRecord::of(pid);
+            if let Some(r) = &record {
+                watcher.note(&watch::Note::Task(r.clone()));
             }
-            Ok((executor, pid))
+            Ok((executor, pid, record))
         }
         Err(status) => {
             executor.kill().await;
@@ -530,6 +532,8 @@ fn save_state(o: &RunOptions, t: &Running) -> Result<(), AgentError> {
 }
 
 /// Runs the task; returns its exit code (128 + signal when killed by one), or 0 when detached.
+/// The binary must dispatch [`WATCH_ENTRY`] to [`watch_main`] (self-re-exec): the run's watcher
+/// is this binary re-executed.
 pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
     let log_start = log_ends(&o.base_dir.join(&o.name).join("logs"), &o.name);
     // Before anything starts: a Ctrl-C from now on becomes the task's shutdown.
@@ -543,7 +547,7 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
             call: "signal handler",
             status: e.to_string(),
         })?;
-    let mut watcher = watch::Watcher::spawn(&o.name)?;
+    let mut watcher = watch::Watcher::spawn(&o.name).await?;
     let t = match start_task(&o, &mut watcher).await {
         Ok(t) => t,
         Err(e) => {

@@ -14,7 +14,7 @@
 //! (logmon's `Stop`) and stops it, then kills whatever else is left in its process group, which
 //! the helpers join (a helper killed mid-handshake has no reattach record yet).
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -31,8 +31,12 @@ use crate::proto::logmon::StopRequest;
 use crate::reattach::ReattachConfig;
 use crate::Client;
 
-/// The re-exec entry name of the watcher.
+/// The re-exec entry name of the watcher; a binary that calls [`super::run`] must dispatch it
+/// (`goplugin::reexec::Entry::new(WATCH_ENTRY, watch_main)`), as `goplugin` does.
 pub const ENTRY: &str = "agent-watch";
+
+/// What the watcher prints on its stdout once it watches.
+const READY: &[u8; 6] = b"ready\n";
 
 /// One line from the agent to its watcher.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,8 +61,9 @@ pub(super) struct Watcher {
 
 impl Watcher {
     /// Starts `goplugin agent-watch NAME` in a process group of its own (a Ctrl-C in the terminal
-    /// is not for it), which the helpers then join ([`Watcher::group`]).
-    pub(super) fn spawn(name: &str) -> Result<Watcher, AgentError> {
+    /// is not for it), which the helpers then join ([`Watcher::group`]), and waits for it to say
+    /// it watches (a binary without the entry would otherwise leave the helpers unwatched).
+    pub(super) async fn spawn(name: &str) -> Result<Watcher, AgentError> {
         use std::os::unix::process::CommandExt;
         let err = |source: std::io::Error| AgentError::Watcher { source };
         let (read, write): (OwnedFd, OwnedFd) =
@@ -66,7 +71,7 @@ impl Watcher {
         let mut cmd = crate::reexec::command(ENTRY).map_err(err)?;
         cmd.arg(name)
             .stdin(Stdio::from(read))
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0);
         // SAFETY: the closure makes one async-signal-safe system call.
@@ -76,7 +81,25 @@ impl Watcher {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(err)?;
+        let mut child = cmd.spawn().map_err(err)?;
+        let ready = child.stdout.take().map(|mut out| {
+            tokio::task::spawn_blocking(move || {
+                let mut word = [0u8; READY.len()];
+                out.read_exact(&mut word).is_ok() && word == *READY
+            })
+        });
+        let ready = match ready {
+            Some(r) => tokio::time::timeout(Duration::from_secs(10), r).await,
+            None => Ok(Ok(false)),
+        };
+        if !matches!(ready, Ok(Ok(true))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err(std::io::Error::other(format!(
+                "it did not start watching (is {} goplugin?)",
+                std::env::current_exe().map_or("this binary".into(), |p| p.display().to_string())
+            ))));
+        }
         Ok(Watcher {
             child,
             pipe: Some(std::fs::File::from(write)),
@@ -141,6 +164,11 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
     unsafe {
         let _ = nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn);
         let _ = nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(READY);
+        let _ = out.flush();
     }
     let mut notes = Notes::default();
     let stdin = std::io::stdin();
@@ -254,12 +282,14 @@ pub(super) async fn stop_logmon(cfg: &ReattachConfig) -> String {
         LogMonClient::new(logmon.channel()).stop(StopRequest {}),
     )
     .await;
+    let gone = cfg.process.is_some_and(|p| !p.is_alive());
     logmon.kill().await;
     match stopped {
         Ok(Ok(_)) => format!(
             "logmon pid {} stopped after writing the task's output",
             cfg.pid
         ),
+        Ok(Err(_)) if gone => format!("logmon pid {} had exited", cfg.pid),
         Ok(Err(s)) => format!("logmon pid {} stopped: {}", cfg.pid, s.message()),
         Err(_) => format!("logmon pid {} killed (its Stop did not answer)", cfg.pid),
     }
