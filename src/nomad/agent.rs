@@ -988,3 +988,41 @@ pub async fn exec(base: &Path, name: &str, command: Vec<String>) -> Result<i32, 
     }
     Ok(code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second, longer").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
+        // A directory where the file goes: the rename fails, the old state stays, no temp file.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), "x").unwrap();
+        assert!(write_atomically(&blocked, b"new").is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.contains(".tmp.")),
+            "temp file left: {names:?}"
+        );
+    }
+
+    #[test]
+    fn state_files_of_older_versions_have_no_task_record() {
+        let old = r#"{"name":"t","task_dir":"/d","log_dir":"/d/logs","pid":42,
+            "kill_signal":"SIGINT","kill_timeout_ns":5,
+            "executor":{"Protocol":"grpc","Network":"unix","Addr":"/s1","Pid":7},
+            "logmon":{"Protocol":"grpc","Network":"unix","Addr":"/s2","Pid":8}}"#;
+        let state: TaskState = crate::gojson::from_str(old).unwrap();
+        assert!(state.task.is_none());
+        assert!(!serde_json::to_string(&state).unwrap().contains("\"task\""));
+    }
+}
