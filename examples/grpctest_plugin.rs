@@ -98,10 +98,17 @@ impl Test for TestPlugin {
     async fn print_stdio(&self, req: Request<PrintStdioRequest>) -> Result<Response<()>, Status> {
         let req = req.into_inner();
         let io = |e: std::io::Error| Status::internal(e.to_string());
-        let mut out = std::io::stdout().lock();
-        out.write_all(&req.stdout).map_err(io)?;
-        out.flush().map_err(io)?;
-        std::io::stderr().write_all(&req.stderr).map_err(io)?;
+        // A write to fd 1 waits while the host does not read GRPCStdio: off the runtime, so
+        // that the plugin's other RPCs (and the stdio stream itself) keep going meanwhile.
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&req.stdout)?;
+            out.flush()?;
+            std::io::stderr().write_all(&req.stderr)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        written.map_err(io)?;
         Ok(Response::new(()))
     }
 

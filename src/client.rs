@@ -321,6 +321,16 @@ struct Inner {
     socket_dir: Mutex<Option<SocketDirGuard>>,
 }
 
+impl Drop for Inner {
+    /// The last clone gone: the broker and stdio stream tasks end, and with them the last
+    /// clones of the channel, so the connection closes (a host that reattaches often, as
+    /// `goplugin status` does, would otherwise keep one connection per reattach). The plugin
+    /// itself keeps running, as in Go.
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
 /// A connected plugin. Cheap to clone; all clones share the plugin.
 #[derive(Clone)]
 pub struct Client {
@@ -528,7 +538,7 @@ impl Client {
             false,
             closed.clone(),
         );
-        open_broker_stream(&broker, &channel);
+        open_broker_stream(&broker, &channel, &closed);
         open_stdio_stream(&channel, None, None, &closed);
         let (exit_tx, exit_rx) = watch::channel(None);
         if let Some(id) = identity {
@@ -744,7 +754,7 @@ impl Starter {
             Ok(channel) => channel,
             Err(e) => return Err(starter.exited_or(e).await),
         };
-        open_broker_stream(&broker, &channel);
+        open_broker_stream(&broker, &channel, &closed);
         open_stdio_stream(&channel, b.sync_stdout, b.sync_stderr, &closed);
 
         let identity = ProcessIdentity::of(pid).ok();
@@ -922,13 +932,21 @@ async fn connect_channel(
 
 /// Opens `GRPCBroker/StartStream` at once and keeps feeding the broker. Spawned, never awaited
 /// here: a grpc-go handler sends no headers before its first message.
-fn open_broker_stream(broker: &Broker, channel: &Channel) {
+fn open_broker_stream(broker: &Broker, channel: &Channel, closed: &CancellationToken) {
     let (tx, rx) = mpsc::channel(16);
     broker.attach(tx.clone());
     let broker = broker.clone();
+    let closed = closed.clone();
     let mut client = GrpcBrokerClient::new(channel.clone());
     tokio::spawn(async move {
-        let stream = match client.start_stream(ReceiverStream::new(rx)).await {
+        let call = tokio::select! {
+            r = client.start_stream(ReceiverStream::new(rx)) => r,
+            _ = closed.cancelled() => {
+                broker.detach(&tx);
+                return;
+            }
+        };
+        let stream = match call {
             Ok(resp) => resp.into_inner(),
             Err(e) => {
                 // A grpc-go plugin sends the stream's headers with its first message, so the
@@ -948,7 +966,11 @@ fn open_broker_stream(broker: &Broker, channel: &Channel) {
         };
         let mut stream = stream;
         loop {
-            match stream.message().await {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = closed.cancelled() => break,
+            };
+            match msg {
                 Ok(Some(info)) => broker.receive(info),
                 Ok(None) => break,
                 Err(e) => {

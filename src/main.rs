@@ -36,6 +36,11 @@ const ENTRIES: &[goplugin::reexec::Entry] = &[
     ),
     #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new("driver", goplugin::nomad::driver::run),
+    #[cfg(all(feature = "nomad", target_os = "linux"))]
+    goplugin::reexec::Entry::new(
+        goplugin::nomad::agent::WATCH_ENTRY,
+        goplugin::nomad::agent::watch_main,
+    ),
 ];
 
 #[derive(Parser)]

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -231,6 +231,14 @@ impl Server {
             return Err(ServeError::Handshake(e));
         }
         tracing::debug!(version, address = %line.address, "plugin serving");
+        // From the Shutdown on, captured stdout nobody will read is dropped, not waited for: a
+        // handler stuck writing fd 1 then finishes within the grace period.
+        let serving = stdio::serving();
+        let released = shutdown.clone();
+        tokio::spawn(async move {
+            released.cancelled().await;
+            drop(serving);
+        });
         if let Some(f) = self.on_serving.take() {
             f(&line);
         }
@@ -347,17 +355,70 @@ async fn serve_direct(
     tx: mpsc::UnboundedSender<Conn>,
     shutdown: CancellationToken,
 ) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
-                Ok(conn) => { let _ = tx.send(conn); }
+                Ok(conn) => {
+                    backoff.succeeded();
+                    let _ = tx.send(conn);
+                }
                 Err(e) => {
-                    tracing::warn!("accepting on {} failed: {e}", listener.address());
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let (delay, report) = backoff.failed(Instant::now());
+                    if let Some(suppressed) = report {
+                        tracing::warn!(
+                            "accepting on {} failed: {e}; retrying in {delay:?} ({suppressed} more failures since the last report)",
+                            listener.address()
+                        );
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
         }
+    }
+}
+
+/// Retrying a failing `accept` (EMFILE, ENFILE: it fails again until a descriptor is freed) as
+/// Go's net/http does: 5 ms, doubling up to 1 s, back to the start after a success; reported
+/// at most every 10 s, with the count of failures in between, instead of 20 lines a second.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    delay: Duration,
+    last_report: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+    const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+    /// The delay before the next accept, and whether to report (with the failures not reported).
+    fn failed(&mut self, now: Instant) -> (Duration, Option<u64>) {
+        self.delay = if self.delay.is_zero() {
+            Self::FIRST
+        } else {
+            (self.delay * 2).min(Self::MAX)
+        };
+        let due = self
+            .last_report
+            .is_none_or(|t| now.duration_since(t) >= Self::REPORT_EVERY);
+        if due {
+            self.last_report = Some(now);
+            let n = std::mem::take(&mut self.suppressed);
+            (self.delay, Some(n))
+        } else {
+            self.suppressed += 1;
+            (self.delay, None)
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
     }
 }
 
@@ -424,4 +485,42 @@ async fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_accepts_back_off_to_a_second_and_are_reported_every_ten_seconds() {
+        let mut b = AcceptBackoff::default();
+        let t0 = Instant::now();
+        let mut delays = Vec::new();
+        let mut reports = Vec::new();
+        // 60 failures, each after the delay the previous one asked for.
+        let mut now = t0;
+        for _ in 0..60 {
+            let (d, r) = b.failed(now);
+            delays.push(d);
+            if let Some(n) = r {
+                reports.push((now.duration_since(t0).as_secs(), n));
+            }
+            now += d;
+        }
+        assert_eq!(delays[0], Duration::from_millis(5));
+        assert_eq!(delays[1], Duration::from_millis(10));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
+        assert_eq!(delays[59], Duration::from_secs(1));
+        // ~53 s of failures: the first at once, then one line per 10 s with what it skipped.
+        assert_eq!(reports.len(), 6, "{reports:?}");
+        assert_eq!(reports[0], (0, 0));
+        assert!(reports[1].1 > 0);
+        // Every failure is either reported or counted in a later report (or the pending count).
+        assert_eq!(
+            reports.iter().map(|r| r.1).sum::<u64>() + reports.len() as u64 + b.suppressed,
+            60
+        );
+        b.succeeded();
+        assert_eq!(b.failed(now).0, Duration::from_millis(5));
+    }
 }

@@ -6,13 +6,20 @@
 //! pipe blocks in `read` (no polling) and hands chunks to the one `StreamStdio` consumer through a
 //! bounded channel: a slow host slows the writers (backpressure) instead of growing memory.
 //! What arrives on fd 2 is also copied to the real stderr, so log lines still reach the host's log.
+//!
+//! A writer to fd 1 therefore waits while a host has opened `StreamStdio` and does not read it,
+//! as a goroutine writing Go's `os.Stdout` would: plugin code must not do that on a tokio worker
+//! (a blocked worker can stall the runtime's other tasks; use `spawn_blocking`, see the grpctest
+//! example's `PrintStdio`). Once no server serves any more (after `Shutdown`) nothing will ever
+//! read the capture: from then on it is dropped instead of held, so every writer, also one stuck
+//! on a worker, gets going again and the plugin can exit.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -26,6 +33,65 @@ use crate::proto::plugin::{stdio_data::Channel, StdioData};
 const CHUNK: usize = 16 * 1024;
 /// Chunks buffered per stream before writers block.
 const DEPTH: usize = 16;
+
+/// Whether a server serves (and a host may still read `StreamStdio`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Serving {
+    active: usize,
+    ended: bool,
+}
+
+impl Serving {
+    /// A server has served and none serves now: nobody will read the capture again.
+    fn released(&self) -> bool {
+        self.active == 0 && self.ended
+    }
+}
+
+static SERVING: LazyLock<tokio::sync::watch::Sender<Serving>> =
+    LazyLock::new(|| tokio::sync::watch::channel(Serving::default()).0);
+
+/// Held by a serving [`crate::Server`]; dropped when it stops serving.
+#[derive(Debug)]
+pub(crate) struct ServingGuard(());
+
+/// Marks a server as serving until the guard is dropped.
+pub(crate) fn serving() -> ServingGuard {
+    SERVING.send_modify(|s| s.active += 1);
+    ServingGuard(())
+}
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        SERVING.send_modify(|s| {
+            s.active = s.active.saturating_sub(1);
+            s.ended = true;
+        });
+    }
+}
+
+/// Hands `msg` to the stream, waiting for room, unless (or until) no server serves any more,
+/// when it is dropped; false when the stream side is gone.
+fn send_or_drop(
+    tx: &mpsc::Sender<StdioData>,
+    msg: StdioData,
+    serving: &mut tokio::sync::watch::Receiver<Serving>,
+) -> bool {
+    if serving.borrow().released() {
+        let _ = tx.try_send(msg);
+        return true;
+    }
+    // tokio's channel and watch need no runtime: this thread waits on either.
+    futures::executor::block_on(async {
+        tokio::select! {
+            sent = tx.send(msg) => sent.is_ok(),
+            _ = serving.wait_for(Serving::released) => {
+                tracing::debug!("no server serves any more: dropping captured stdout");
+                true
+            }
+        }
+    })
+}
 
 /// Errors setting up the capture.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +239,7 @@ fn spawn_pump(
         .name(name)
         .stack_size(64 * 1024)
         .spawn(move || {
+            let mut serving = SERVING.subscribe();
             let mut pipe = File::from(read);
             let mut buf = vec![0u8; CHUNK];
             loop {
@@ -193,7 +260,7 @@ fn spawn_pump(
                 // drop the rest rather than stall the log. stdout has no other way out: block.
                 let must_wait = attached.as_ref().is_none_or(|a| a.load(Ordering::Acquire));
                 if must_wait {
-                    if tx.blocking_send(msg).is_err() {
+                    if !send_or_drop(&tx, msg, &mut serving) {
                         return;
                     }
                 } else {

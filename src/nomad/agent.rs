@@ -2,6 +2,17 @@
 //! the real protocol, through its own `logmon` and `executor` children (or other binaries that
 //! speak it, such as a real `nomad`), and reattaches to a detached task for `status`, `logs`,
 //! `stop` and `exec`.
+//!
+//! What it starts never outlives it unseen: an attached run has a watcher ([`watch`]) that stops
+//! the task and its helpers when `goplugin run` dies without doing so, and a detached task's
+//! `state.json` records the task's pid, start time and cgroups ([`record`]) so that `stop` and
+//! `status` kill it even when its executor is gone.
+
+mod record;
+mod watch;
+
+pub use record::{CgroupDir, TaskRecord};
+pub use watch::{main as watch_main, ENTRY as WATCH_ENTRY};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,11 +60,54 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
-    /// The detached task's helpers are gone.
-    #[error("task {name:?} is not running any more (its executor is gone); state file removed")]
+    /// The detached task's executor is gone: what was left of the task was killed from its
+    /// state file, which was then removed.
+    #[error("task {name:?} is not running any more: its executor (pid {pid}) {why}; {done}; state file removed")]
     Stale {
         /// The name.
         name: String,
+        /// The executor's pid.
+        pid: u32,
+        /// "is gone", or why it did not answer.
+        why: String,
+        /// What was killed or stopped.
+        done: String,
+    },
+    /// The detached task's executor runs but does not answer (its socket removed, say).
+    #[error("task {name:?}: its executor (pid {pid}) runs but does not answer at {addr}: {reason}; `goplugin stop {name}` kills the task from its state file")]
+    Unreachable {
+        /// The name.
+        name: String,
+        /// The executor's pid.
+        pid: u32,
+        /// Its socket.
+        addr: String,
+        /// Why the reattach failed.
+        reason: String,
+    },
+    /// The executor of an attached run died while the task ran.
+    #[error("the executor (pid {pid}) of task {name:?} exited while the task ran: {done}")]
+    ExecutorLost {
+        /// The name.
+        name: String,
+        /// The executor's pid.
+        pid: u32,
+        /// What was killed or stopped.
+        done: String,
+    },
+    /// The state file could not be written (the run was stopped: nothing could find it).
+    #[error("writing state file {path}: {source}; the task and its helpers were stopped")]
+    StateWrite {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The watcher of an attached run could not be started.
+    #[error("starting the run's watcher (`goplugin {}`): {source}", watch::ENTRY)]
+    Watcher {
+        /// The OS error.
+        source: std::io::Error,
     },
     /// A directory could not be prepared.
     #[error("preparing {path}: {source}")]
@@ -153,6 +207,10 @@ pub struct TaskState {
     pub executor: ReattachConfig,
     /// Reattach to logmon.
     pub logmon: ReattachConfig,
+    /// The task's pid with its start time and its cgroups: what `stop` kills when the executor
+    /// is gone (absent in state files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRecord>,
 }
 
 /// Where tasks live by default: `$XDG_RUNTIME_DIR/goplugin` or `/tmp/goplugin-<uid>`.
@@ -233,7 +291,8 @@ pub fn load_state(base: &Path, name: &str) -> Result<TaskState, AgentError> {
     })
 }
 
-fn helper_command(bin: Option<&Path>, name: &str) -> Result<Command, AgentError> {
+/// The helper's command; it joins process group `group` (the watcher's).
+fn helper_command(bin: Option<&Path>, name: &str, group: i32) -> Result<Command, AgentError> {
     let mut cmd = match bin {
         Some(b) => {
             let mut c = Command::new(b);
@@ -245,10 +304,11 @@ fn helper_command(bin: Option<&Path>, name: &str) -> Result<Command, AgentError>
             source: e,
         })?,
     };
-    // Helpers get their own process group: a Ctrl-C in the terminal reaches the agent only, which
-    // turns it into the task's shutdown.
+    // Helpers sit in the watcher's process group, not the terminal's: a Ctrl-C reaches the agent
+    // only, which turns it into the task's shutdown; the watcher finds them there when the
+    // agent dies before it could note them.
     use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
+    cmd.process_group(group);
     Ok(cmd)
 }
 
@@ -295,18 +355,24 @@ struct Running {
     log_dir: PathBuf,
     task_dir: PathBuf,
     pid: i32,
+    record: Option<TaskRecord>,
 }
 
-async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
+async fn start_task(o: &RunOptions, watcher: &mut watch::Watcher) -> Result<Running, AgentError> {
     check_base_dir(&o.base_dir)?;
     let task_dir = o.base_dir.join(&o.name);
     if let Ok(state) = load_state(&o.base_dir, &o.name) {
-        if Client::reattach(&state.executor).await.is_ok() {
+        let alive = state.executor.process.is_some_and(|p| p.is_alive());
+        if alive || Client::reattach(&state.executor).await.is_ok() {
             return Err(AgentError::NameInUse {
                 name: o.name.clone(),
                 pid: state.executor.pid,
             });
         }
+        // A task of that name whose executor died: what is left of it goes first.
+        let done = kill_from_state(&state).await;
+        tracing::info!(task = %o.name, "stale state file: {done}");
+        let _ = std::fs::remove_file(state_path(&o.base_dir, &o.name));
     }
     let log_dir = task_dir.join("logs");
     mkdir(&log_dir)?;
@@ -314,16 +380,23 @@ async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
         call: "run",
         status: "no command given".into(),
     })?;
-    let logmon = start_helper(helper_command(o.logmon_bin.as_deref(), "logmon")?, "logmon").await?;
-    // logmon sits in its own process group and outlives us unless told: every failure from
+    let group = watcher.group();
+    let logmon = start_helper(
+        helper_command(o.logmon_bin.as_deref(), "logmon", group)?,
+        "logmon",
+    )
+    .await?;
+    watcher.note(&watch::Note::Logmon(logmon.reattach_config()));
+    // logmon sits outside our process group and outlives us unless told: every failure from
     // here on stops it.
-    match start_under_logmon(o, &logmon, &task_dir, &log_dir, program, args).await {
-        Ok((executor, pid)) => Ok(Running {
+    match start_under_logmon(o, &logmon, watcher, &task_dir, &log_dir, program, args).await {
+        Ok((executor, pid, record)) => Ok(Running {
             executor,
             logmon,
             log_dir,
             task_dir,
             pid,
+            record,
         }),
         Err(e) => {
             let _ = LogMonClient::new(logmon.channel())
@@ -336,14 +409,16 @@ async fn start_task(o: &RunOptions) -> Result<Running, AgentError> {
 }
 
 /// logmon's Start, then the executor and its Launch; the executor is killed if Launch fails.
+/// Returns the executor, the task's pid and its record (none when it ended at once).
 async fn start_under_logmon(
     o: &RunOptions,
     logmon: &Client,
+    watcher: &mut watch::Watcher,
     task_dir: &Path,
     log_dir: &Path,
     program: &str,
     args: &[String],
-) -> Result<(Client, i32), AgentError> {
+) -> Result<(Client, i32, Option<TaskRecord>), AgentError> {
     let stdout_fifo = log_dir.join(format!(".{}.stdout.fifo", o.name));
     let stderr_fifo = log_dir.join(format!(".{}.stderr.fifo", o.name));
     LogMonClient::new(logmon.channel())
@@ -364,9 +439,10 @@ async fn start_under_logmon(
         "FSIsolation": false,
         "Compute": {"tc": 0, "nc": std::thread::available_parallelism().map_or(1, |n| n.get())},
     });
-    let mut cmd = helper_command(o.executor_bin.as_deref(), "executor")?;
+    let mut cmd = helper_command(o.executor_bin.as_deref(), "executor", watcher.group())?;
     cmd.arg(config.to_string());
     let executor = start_helper(cmd, "executor").await?;
+    watcher.note(&watch::Note::Executor(executor.reattach_config()));
     let mut env = vec![format!(
         "PATH={}",
         std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
@@ -391,7 +467,14 @@ async fn start_under_logmon(
         })
         .await;
     match launched {
-        Ok(r) => Ok((executor, r.into_inner().process.map_or(0, |p| p.pid))),
+        Ok(r) => {
+            let pid = r.into_inner().process.map_or(0, |p| p.pid);
+            let record = TaskRecord::of(pid);
+            if let Some(r) = &record {
+                watcher.note(&watch::Note::Task(r.clone()));
+            }
+            Ok((executor, pid, record))
+        }
         Err(status) => {
             executor.kill().await;
             Err(rpc("launch")(status))
@@ -399,7 +482,58 @@ async fn start_under_logmon(
     }
 }
 
+/// Writes `contents` to `path` so that it is either whole or absent: a temporary file beside
+/// it, synced, renamed over it, and the directory synced.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name()
+            .map_or("state".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn save_state(o: &RunOptions, t: &Running) -> Result<(), AgentError> {
+    let state = TaskState {
+        name: o.name.clone(),
+        task_dir: t.task_dir.clone(),
+        log_dir: t.log_dir.clone(),
+        pid: t.pid,
+        kill_signal: o.kill_signal.clone(),
+        kill_timeout_ns: o.kill_timeout.as_nanos() as u64,
+        executor: t.executor.reattach_config(),
+        logmon: t.logmon.reattach_config(),
+        task: t.record.clone(),
+    };
+    let path = state_path(&o.base_dir, &o.name);
+    let json = serde_json::to_string_pretty(&state).map_err(|e| AgentError::BadState {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_atomically(&path, json.as_bytes())
+        .map_err(|source| AgentError::StateWrite { path, source })
+}
+
 /// Runs the task; returns its exit code (128 + signal when killed by one), or 0 when detached.
+/// The binary must dispatch [`WATCH_ENTRY`] to [`watch_main`] (self-re-exec): the run's watcher
+/// is this binary re-executed.
 pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
     let log_start = log_ends(&o.base_dir.join(&o.name).join("logs"), &o.name);
     // Before anything starts: a Ctrl-C from now on becomes the task's shutdown.
@@ -413,7 +547,14 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
             call: "signal handler",
             status: e.to_string(),
         })?;
-    let t = start_task(&o).await?;
+    let mut watcher = watch::Watcher::spawn(&o.name).await?;
+    let t = match start_task(&o, &mut watcher).await {
+        Ok(t) => t,
+        Err(e) => {
+            watcher.release(watch::Note::Done).await;
+            return Err(e);
+        }
+    };
     eprintln!(
         "goplugin: task {} running as pid {}; logs in {}",
         o.name,
@@ -421,22 +562,13 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
         t.log_dir.display()
     );
     if o.detach {
-        let state = TaskState {
-            name: o.name.clone(),
-            task_dir: t.task_dir.clone(),
-            log_dir: t.log_dir.clone(),
-            pid: t.pid,
-            kill_signal: o.kill_signal.clone(),
-            kill_timeout_ns: o.kill_timeout.as_nanos() as u64,
-            executor: t.executor.reattach_config(),
-            logmon: t.logmon.reattach_config(),
-        };
-        let path = state_path(&o.base_dir, &o.name);
-        let json = serde_json::to_string_pretty(&state).map_err(|e| AgentError::BadState {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        std::fs::write(&path, json).map_err(|source| AgentError::Dir { path, source })?;
+        if let Err(e) = save_state(&o, &t) {
+            // Nothing could find the task without its state: it does not stay.
+            stop_running(&t).await;
+            watcher.release(watch::Note::Done).await;
+            return Err(e);
+        }
+        watcher.release(watch::Note::Detached).await;
         return Ok(0);
     }
     let logs_done = tokio_util::sync::CancellationToken::new();
@@ -453,9 +585,10 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
         signal: o.kill_signal.clone(),
         grace_period: o.kill_timeout.as_nanos() as i64,
     };
-    let state = loop {
+    let ended = loop {
         tokio::select! {
-            r = &mut wait => break r.map_err(rpc("wait"))?.into_inner().process,
+            r = &mut wait => break r,
+            _ = t.executor.wait() => break Err(tonic::Status::unavailable("executor exited")),
             _ = sigint.recv() => {
                 eprintln!("goplugin: stopping task {} ({} then SIGKILL after {:?})", o.name, o.kill_signal, o.kill_timeout);
                 let _ = ExecutorClient::new(t.executor.channel()).shutdown(shutdown.clone()).await;
@@ -465,6 +598,10 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
             }
         }
     };
+    let outcome = match ended {
+        Ok(r) => Ok(r.into_inner().process),
+        Err(status) => executor_failed(&o, &t, status).await,
+    };
     let _ = ExecutorClient::new(t.executor.channel())
         .shutdown(ShutdownRequest {
             signal: "SIGKILL".into(),
@@ -472,7 +609,7 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
         })
         .await;
     // Stop drains the FIFOs into the files; the follower then prints the rest and ends.
-    let _ = LogMonClient::new(t.logmon.channel())
+    let stopped = LogMonClient::new(t.logmon.channel())
         .stop(StopRequest {})
         .await;
     logs_done.cancel();
@@ -482,15 +619,64 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
     {
         eprintln!("goplugin: the task's last output could not be printed within 5 s");
     }
+    if let Err(s) = stopped {
+        // A full disk: logmon gave up output it could not write, and says how much.
+        eprintln!("goplugin: logmon: {}", s.message());
+    }
     t.executor.kill().await;
     t.logmon.kill().await;
-    let code = state.map_or(1, |s| s.exit_code);
+    watcher.release(watch::Note::Done).await;
+    let code = outcome?.map_or(1, |s| s.exit_code);
     eprintln!(
         "goplugin: task {} exited with code {code}; logs in {}",
         o.name,
         t.log_dir.display()
     );
     Ok(code)
+}
+
+/// The executor's Wait failed: a call that failed while the executor lives is retried once it
+/// answers again (bounded); a dead executor's task is killed from its record.
+async fn executor_failed(
+    o: &RunOptions,
+    t: &Running,
+    status: tonic::Status,
+) -> Result<Option<crate::proto::executor::ProcessState>, AgentError> {
+    if tokio::time::timeout(Duration::from_secs(3), t.executor.wait())
+        .await
+        .is_err()
+    {
+        return Err(rpc("wait")(status));
+    }
+    let done = match t.record.clone() {
+        Some(record) => match tokio::task::spawn_blocking(move || record.kill()).await {
+            Ok(killed) => killed.to_string(),
+            Err(e) => format!("killing the task failed: {e}"),
+        },
+        None => "the task had ended before it could be recorded".into(),
+    };
+    Err(AgentError::ExecutorLost {
+        name: o.name.clone(),
+        pid: t.executor.pid(),
+        done,
+    })
+}
+
+/// Stops a running task at once and both helpers (logmon after it wrote what the FIFOs hold).
+async fn stop_running(t: &Running) {
+    let mut exec = ExecutorClient::new(t.executor.channel());
+    let _ = exec
+        .shutdown(ShutdownRequest {
+            signal: "SIGKILL".into(),
+            grace_period: 0,
+        })
+        .await;
+    let _ = exec.wait(WaitRequest {}).await;
+    t.executor.kill().await;
+    let _ = LogMonClient::new(t.logmon.channel())
+        .stop(StopRequest {})
+        .await;
+    t.logmon.kill().await;
 }
 
 /// Prints one stream (`stdout` or `stderr`) of a task's logs; with `follow`, until interrupted.
@@ -624,25 +810,75 @@ async fn follow_stream(
     }
 }
 
-async fn reattach_or_stale(base: &Path, name: &str) -> Result<(TaskState, Client), AgentError> {
+/// Whether a caller that finds the executor alive but not answering kills the task anyway.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unanswered {
+    /// `status`, `exec`: report it and keep the state (the task may be fine).
+    Keep,
+    /// `stop`: kill it from the state file.
+    Kill,
+}
+
+/// Reattaches to a detached task's executor. When the executor is gone (or does not answer
+/// and `unanswered` says so), what the state file records is killed (the task's process group
+/// and cgroups, the executor, logmon after its `Stop`) and only then is the state removed.
+async fn reattach_or_stale(
+    base: &Path,
+    name: &str,
+    unanswered: Unanswered,
+) -> Result<(TaskState, Client), AgentError> {
     let state = load_state(base, name)?;
-    match Client::reattach(&state.executor).await {
-        Ok(c) => Ok((state, c)),
-        Err(_) => {
-            let _ = std::fs::remove_file(state_path(base, name));
-            if let Ok(logmon) = Client::reattach(&state.logmon).await {
-                logmon.kill().await;
-            }
-            Err(AgentError::Stale {
-                name: name.to_string(),
-            })
-        }
+    let reason = match Client::reattach(&state.executor).await {
+        Ok(c) => return Ok((state, c)),
+        Err(e) => e.to_string(),
+    };
+    let alive = state.executor.process.is_some_and(|p| p.is_alive());
+    if alive && unanswered == Unanswered::Keep {
+        return Err(AgentError::Unreachable {
+            name: name.to_string(),
+            pid: state.executor.pid,
+            addr: state.executor.addr.clone(),
+            reason,
+        });
     }
+    let done = kill_from_state(&state).await;
+    let _ = std::fs::remove_file(state_path(base, name));
+    Err(AgentError::Stale {
+        name: name.to_string(),
+        pid: state.executor.pid,
+        why: if alive {
+            format!("does not answer ({reason})")
+        } else {
+            "is gone".into()
+        },
+        done,
+    })
+}
+
+/// Kills a task whose executor cannot be asked to: the executor (if the recorded process still
+/// runs), the task's process group and cgroups, then logmon once it wrote what the FIFOs hold.
+async fn kill_from_state(state: &TaskState) -> String {
+    let mut done = Vec::new();
+    if record::kill_helper(&state.executor) {
+        done.push(format!("executor pid {} killed", state.executor.pid));
+    }
+    match state.task.clone() {
+        Some(task) => match tokio::task::spawn_blocking(move || task.kill()).await {
+            Ok(killed) => done.push(killed.to_string()),
+            Err(e) => done.push(format!("killing the task failed: {e}")),
+        },
+        None => done.push(format!(
+            "task pid {} left alone (the state file records no start time to check it by)",
+            state.pid
+        )),
+    }
+    done.push(watch::stop_logmon(&state.logmon).await);
+    done.join(", ")
 }
 
 /// One line about a detached task: pid, memory and CPU.
 pub async fn status(base: &Path, name: &str) -> Result<String, AgentError> {
-    let (state, executor) = reattach_or_stale(base, name).await?;
+    let (state, executor) = reattach_or_stale(base, name, Unanswered::Keep).await?;
     let mut exec = ExecutorClient::new(executor.channel());
     let mut stats = exec
         .stats(StatsRequest { interval: 0 })
@@ -670,7 +906,7 @@ pub async fn status(base: &Path, name: &str) -> Result<String, AgentError> {
 
 /// Stops a detached task with its kill signal and timeout, then its helpers; returns its exit code.
 pub async fn stop(base: &Path, name: &str) -> Result<i32, AgentError> {
-    let (state, executor) = reattach_or_stale(base, name).await?;
+    let (state, executor) = reattach_or_stale(base, name, Unanswered::Kill).await?;
     let mut exec = ExecutorClient::new(executor.channel());
     exec.shutdown(ShutdownRequest {
         signal: state.kill_signal.clone(),
@@ -700,7 +936,7 @@ pub async fn stop(base: &Path, name: &str) -> Result<i32, AgentError> {
 pub async fn exec(base: &Path, name: &str, command: Vec<String>) -> Result<i32, AgentError> {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
-    let (_, executor) = reattach_or_stale(base, name).await?;
+    let (_, executor) = reattach_or_stale(base, name, Unanswered::Keep).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let _ = tx
         .send(ExecTaskStreamingRequest {
@@ -751,4 +987,42 @@ pub async fn exec(base: &Path, name: &str, command: Vec<String>) -> Result<i32, 
         }
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second, longer").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
+        // A directory where the file goes: the rename fails, the old state stays, no temp file.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), "x").unwrap();
+        assert!(write_atomically(&blocked, b"new").is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.contains(".tmp.")),
+            "temp file left: {names:?}"
+        );
+    }
+
+    #[test]
+    fn state_files_of_older_versions_have_no_task_record() {
+        let old = r#"{"name":"t","task_dir":"/d","log_dir":"/d/logs","pid":42,
+            "kill_signal":"SIGINT","kill_timeout_ns":5,
+            "executor":{"Protocol":"grpc","Network":"unix","Addr":"/s1","Pid":7},
+            "logmon":{"Protocol":"grpc","Network":"unix","Addr":"/s2","Pid":8}}"#;
+        let state: TaskState = crate::gojson::from_str(old).unwrap();
+        assert!(state.task.is_none());
+        assert!(!serde_json::to_string(&state).unwrap().contains("\"task\""));
+    }
 }

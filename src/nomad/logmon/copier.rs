@@ -6,6 +6,12 @@
 //! reopens the FIFO (a restarted task) loses nothing and the pipe never lacks a reader. On a write
 //! error such as ENOSPC it keeps the unwritten bytes, stops reading (the task blocks on its pipe
 //! rather than losing output), reports once and retries every second until the disk has room.
+//!
+//! Bytes leave the FIFO only once they are in the file: each chunk is first copied out with
+//! `tee(2)` (which leaves the pipe as it is) into a private pipe, written, and only then consumed
+//! from the FIFO. A logmon killed meanwhile (SIGKILL, OOM) leaves the chunk in the FIFO for the
+//! next one; a kill between the write and the consume can at worst write a chunk twice, never
+//! lose one. What a `Stop` has to give up (the disk still full) is counted and returned.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -22,11 +28,37 @@ use super::rotator::Rotator;
 /// Bytes read from the FIFO at once (the default pipe capacity).
 const CHUNK: usize = 64 * 1024;
 
+/// Output a stopped copier could not write (the disk full at its `Stop`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// The FIFO it came from.
+    pub fifo: PathBuf,
+    /// The file it was for.
+    pub file: PathBuf,
+    /// How many bytes: those held for the retry and those still in the FIFO.
+    pub bytes: usize,
+    /// The last write error.
+    pub error: String,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes from {} were not written to {} ({})",
+            self.bytes,
+            self.fifo.display(),
+            self.file.display(),
+            self.error
+        )
+    }
+}
+
 /// A running copier; [`Copier::stop`] drains what the pipe holds and ends it.
 #[derive(Debug)]
 pub struct Copier {
     stop: Option<OwnedFd>,
-    done: Option<tokio::sync::oneshot::Receiver<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<Option<Lost>>>,
     alive: Arc<AtomicBool>,
     fifo: PathBuf,
     /// The copier thread's kernel id, once it runs (0 before).
@@ -37,6 +69,7 @@ impl Copier {
     /// Starts copying `fifo` (which must exist) into `rotator`.
     pub fn start(fifo: &Path, rotator: Rotator) -> io::Result<Copier> {
         let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let peek = Peek::new()?;
         let reader = open_reader(fifo)?;
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let alive = Arc::new(AtomicBool::new(true));
@@ -49,9 +82,9 @@ impl Copier {
             .stack_size(128 * 1024)
             .spawn(move || {
                 own_tid.store(nix::unistd::gettid().as_raw(), Ordering::Release);
-                copy(&path, reader, stop_read, rotator);
+                let lost = copy(&path, reader, stop_read, peek, rotator);
                 flag.store(false, Ordering::Release);
-                let _ = done_tx.send(());
+                let _ = done_tx.send(lost);
             })?;
         Ok(Copier {
             stop: Some(stop_write),
@@ -73,12 +106,15 @@ impl Copier {
     }
 
     /// Asks the copier to drain the pipe and finish; waits up to `limit` for it (without
-    /// blocking a thread of the caller's runtime).
-    pub async fn stop(&mut self, limit: Duration) {
+    /// blocking a thread of the caller's runtime). Returns what it could not write.
+    pub async fn stop(&mut self, limit: Duration) -> Option<Lost> {
         drop(self.stop.take());
-        if let Some(done) = self.done.take() {
-            if tokio::time::timeout(limit, done).await.is_err() {
+        let done = self.done.take()?;
+        match tokio::time::timeout(limit, done).await {
+            Ok(lost) => lost.ok().flatten(),
+            Err(_) => {
                 tracing::warn!(fifo = %self.fifo.display(), "log copier did not finish in {limit:?}");
+                None
             }
         }
     }
@@ -130,60 +166,212 @@ fn wait(reader: &File, stop: &OwnedFd) -> io::Result<Wake> {
     }
 }
 
-fn copy(fifo: &Path, mut reader: File, stop: OwnedFd, mut rotator: Rotator) {
+/// The private pipe a chunk is copied into with `tee(2)`, so that it stays in the FIFO until
+/// it is written.
+struct Peek {
+    read: File,
+    write: OwnedFd,
+}
+
+impl Peek {
+    fn new() -> io::Result<Peek> {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (read, write) = nix::unistd::pipe2(flags)?;
+        Ok(Peek {
+            read: File::from(read),
+            write,
+        })
+    }
+}
+
+/// What one look at the FIFO gave.
+enum Took {
+    /// Bytes copied out (still in the FIFO), in `buf[..n]`.
+    Bytes(usize),
+    /// No writer and nothing left.
+    Eof,
+    /// Nothing there now.
+    Empty,
+}
+
+/// Copies up to a chunk from the head of the FIFO into `buf`, leaving it in the FIFO.
+fn peek(reader: &File, peek: &mut Peek, buf: &mut [u8]) -> io::Result<Took> {
+    // SAFETY: tee(2) takes two descriptors we hold open and a length; it touches no memory of
+    // ours.
+    let r = unsafe {
+        nix::libc::tee(
+            reader.as_raw_fd(),
+            peek.write.as_raw_fd(),
+            buf.len(),
+            nix::libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    let n = match nix::errno::Errno::result(r) {
+        Ok(0) => return Ok(Took::Eof),
+        Ok(n) => n as usize,
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => return Ok(Took::Empty),
+        Err(e) => return Err(e.into()),
+    };
+    let mut got = 0;
+    while got < n {
+        match peek.read.read(&mut buf[got..n]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Took::Bytes(got))
+}
+
+/// Removes `n` bytes (the ones [`peek`] copied out and that are now written) from the FIFO.
+fn consume(reader: &mut File, buf: &mut [u8], mut n: usize) -> io::Result<()> {
+    while n > 0 {
+        let want = n.min(buf.len());
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => return Ok(()),
+            Ok(k) => n -= k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// How one chunk went.
+enum Moved {
+    /// Written and consumed (or nothing there).
+    Ok(Took),
+    /// Stopped with bytes unwritten.
+    Lost(Lost),
+    /// Reading the FIFO failed.
+    Failed(io::Error),
+}
+
+/// Peeks a chunk, writes it, then consumes it from the FIFO.
+fn move_chunk(
+    fifo: &Path,
+    reader: &mut File,
+    peek_pipe: &mut Peek,
+    buf: &mut [u8],
+    rotator: &mut Rotator,
+    stop: &OwnedFd,
+) -> Moved {
+    let n = match peek(reader, peek_pipe, buf) {
+        Ok(Took::Bytes(n)) => n,
+        Ok(other) => return Moved::Ok(other),
+        Err(e) => return Moved::Failed(e),
+    };
+    if let Err(held) = write_all(rotator, &buf[..n], stop) {
+        let queued = queued_bytes(reader).saturating_sub(n);
+        return Moved::Lost(Lost {
+            fifo: fifo.to_path_buf(),
+            file: rotator.current_path(),
+            bytes: held.bytes + queued,
+            error: held.error,
+        });
+    }
+    match consume(reader, buf, n) {
+        Ok(()) => Moved::Ok(Took::Bytes(n)),
+        Err(e) => Moved::Failed(e),
+    }
+}
+
+/// Bytes waiting in the FIFO (FIONREAD), 0 when unknown.
+fn queued_bytes(reader: &File) -> usize {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer we pass.
+    let r = unsafe { nix::libc::ioctl(reader.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
+    if r == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+fn copy(
+    fifo: &Path,
+    mut reader: File,
+    stop: OwnedFd,
+    mut peek_pipe: Peek,
+    mut rotator: Rotator,
+) -> Option<Lost> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         match wait(&reader, &stop) {
-            Ok(Wake::Data) => match reader.read(&mut buf) {
-                Ok(0) => match reopen(fifo, reader, &stop) {
-                    Some(r) => reader = r,
-                    None => return,
-                },
-                Ok(n) => {
-                    if !write_all(&mut rotator, &buf[..n], &stop) {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::error!(fifo = %fifo.display(), "reading log fifo: {e}");
-                    match reopen(fifo, reader, &stop) {
+            Ok(Wake::Data) => {
+                match move_chunk(
+                    fifo,
+                    &mut reader,
+                    &mut peek_pipe,
+                    &mut buf,
+                    &mut rotator,
+                    &stop,
+                ) {
+                    Moved::Ok(Took::Bytes(_)) | Moved::Ok(Took::Empty) => {}
+                    Moved::Ok(Took::Eof) => match reopen(fifo, reader, &stop) {
                         Some(r) => reader = r,
-                        None => return,
+                        None => return None,
+                    },
+                    Moved::Lost(lost) => return Some(lost),
+                    Moved::Failed(e) => {
+                        tracing::error!(fifo = %fifo.display(), "reading log fifo: {e}");
+                        match reopen(fifo, reader, &stop) {
+                            Some(r) => reader = r,
+                            None => return None,
+                        }
                     }
                 }
-            },
+            }
             Ok(Wake::Hangup) => {
                 // Drain first: a writer may have written and closed at once.
-                drain(&mut reader, &mut buf, &mut rotator, &stop);
+                if let Some(lost) = drain(
+                    fifo,
+                    &mut reader,
+                    &mut peek_pipe,
+                    &mut buf,
+                    &mut rotator,
+                    &stop,
+                ) {
+                    return Some(lost);
+                }
                 match reopen(fifo, reader, &stop) {
                     Some(r) => reader = r,
-                    None => return,
+                    None => return None,
                 }
             }
             Ok(Wake::Stop) => {
-                drain(&mut reader, &mut buf, &mut rotator, &stop);
-                return;
+                return drain(
+                    fifo,
+                    &mut reader,
+                    &mut peek_pipe,
+                    &mut buf,
+                    &mut rotator,
+                    &stop,
+                );
             }
             Err(e) => {
                 tracing::error!(fifo = %fifo.display(), "waiting on log fifo: {e}");
-                return;
+                return None;
             }
         }
     }
 }
 
-/// Reads whatever the pipe holds right now into the rotator.
-fn drain(reader: &mut File, buf: &mut [u8], rotator: &mut Rotator, stop: &OwnedFd) {
+/// Moves whatever the pipe holds right now into the rotator.
+fn drain(
+    fifo: &Path,
+    reader: &mut File,
+    peek_pipe: &mut Peek,
+    buf: &mut [u8],
+    rotator: &mut Rotator,
+    stop: &OwnedFd,
+) -> Option<Lost> {
     loop {
-        match reader.read(buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if !write_all(rotator, &buf[..n], stop) {
-                    return;
-                }
-            }
+        match move_chunk(fifo, reader, peek_pipe, buf, rotator, stop) {
+            Moved::Ok(Took::Bytes(_)) => {}
+            Moved::Ok(_) | Moved::Failed(_) => return None,
+            Moved::Lost(lost) => return Some(lost),
         }
     }
 }
@@ -218,9 +406,15 @@ fn reopen(fifo: &Path, old: File, stop: &OwnedFd) -> Option<File> {
     }
 }
 
+/// What [`write_all`] could not write when stopped.
+struct Held {
+    bytes: usize,
+    error: String,
+}
+
 /// Writes all of `data`, retrying every second on errors (e.g. a full disk) until it fits or the
-/// copier is stopped; false when stopped with bytes unwritten.
-fn write_all(rotator: &mut Rotator, mut data: &[u8], stop: &OwnedFd) -> bool {
+/// copier is stopped; stopped with bytes unwritten, says how many and why.
+fn write_all(rotator: &mut Rotator, mut data: &[u8], stop: &OwnedFd) -> Result<(), Held> {
     let mut reported = false;
     loop {
         match rotator.write(data) {
@@ -228,7 +422,7 @@ fn write_all(rotator: &mut Rotator, mut data: &[u8], stop: &OwnedFd) -> bool {
                 if reported {
                     tracing::info!("log writes resumed");
                 }
-                return true;
+                return Ok(());
             }
             Err((written, e)) => {
                 data = &data[written..];
@@ -242,7 +436,10 @@ fn write_all(rotator: &mut Rotator, mut data: &[u8], stop: &OwnedFd) -> bool {
                 let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
                 if let Ok(n) = poll(&mut fds, PollTimeout::from(1000u16)) {
                     if n > 0 {
-                        return false;
+                        return Err(Held {
+                            bytes: data.len(),
+                            error: e.to_string(),
+                        });
                     }
                 }
             }

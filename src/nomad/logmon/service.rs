@@ -1,5 +1,7 @@
 //! `hashicorp.nomad.client.logmon.proto.LogMon` (spec nomad-executor-logmon.md §7.2, §7.3):
-//! `Start` creates the FIFOs and copiers for a task, idempotently; `Stop` drains and closes them.
+//! `Start` creates the FIFOs and copiers for a task, idempotently; `Stop` drains and closes them,
+//! and answers `DATA_LOSS` naming the bytes and files when some output could not be written (a
+//! full disk): Nomad's logmon drops it without a word.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,9 +31,11 @@ impl Running {
         self.stdout.is_running() && self.stderr.is_running()
     }
 
-    async fn stop(mut self) {
-        self.stdout.stop(STOP_WAIT).await;
-        self.stderr.stop(STOP_WAIT).await;
+    /// What could not be written, per stream.
+    async fn stop(mut self) -> Vec<super::copier::Lost> {
+        let out = self.stdout.stop(STOP_WAIT).await;
+        let err = self.stderr.stop(STOP_WAIT).await;
+        out.into_iter().chain(err).collect()
     }
 }
 
@@ -137,7 +141,9 @@ impl LogMon for LogMonService {
             }
         };
         if let Some(old) = previous {
-            old.stop().await;
+            for lost in old.stop().await {
+                tracing::error!("{lost}");
+            }
         }
         let dir = PathBuf::from(&req.log_dir);
         let stdout = start_stream(
@@ -165,10 +171,16 @@ impl LogMon for LogMonService {
 
     async fn stop(&self, _request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
         let running = self.current.lock().await.take();
-        if let Some(running) = running {
-            running.stop().await;
-            tracing::debug!("logmon stopped");
+        let Some(running) = running else {
+            return Ok(Response::new(StopResponse {}));
+        };
+        let lost = running.stop().await;
+        tracing::debug!("logmon stopped");
+        if lost.is_empty() {
+            return Ok(Response::new(StopResponse {}));
         }
-        Ok(Response::new(StopResponse {}))
+        let text: Vec<String> = lost.iter().map(ToString::to_string).collect();
+        tracing::error!("{}", text.join("; "));
+        Err(Status::data_loss(text.join("; ")))
     }
 }
