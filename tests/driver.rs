@@ -4,6 +4,8 @@
 //! restarts (driver killed, executor killed, logmon killed) and the bad input, each leaving no
 //! process, socket or FIFO behind.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -120,22 +122,32 @@ fn cty_object(pairs: &[(&str, Value)], keys: &[&str]) -> Vec<u8> {
 
 const TASK_KEYS: &[&str] = &[
     "args",
+    "cap_add",
+    "cap_drop",
     "cgroup_v1_override",
     "cgroup_v2_override",
     "command",
     "denied_envvars",
+    "ipc_mode",
+    "isolation",
     "max_file_size",
     "max_files",
     "oom_score_adj",
+    "pid_mode",
     "work_dir",
 ];
 const PLUGIN_KEYS: &[&str] = &[
+    "allow_caps",
+    "default_ipc_mode",
+    "default_pid_mode",
     "denied_envvars",
     "denied_host_gids",
     "denied_host_uids",
     "enabled",
     "helpers",
+    "isolation",
     "no_cgroups",
+    "no_pivot_root",
 ];
 
 /// The plugin config choosing the helper form: `helpers = "combined"` or `"separate"`.
@@ -442,9 +454,9 @@ async fn identifies_itself_and_describes_its_schemas_and_capabilities() {
 }
 
 /// go-cty's bytes for `config { enabled = false  denied_host_uids = "0-99" }`: a fixmap of the
-/// six keys in ascending order, the schema's defaults applied (`helpers`, `no_cgroups`), nil for
-/// the unset ones (spec §6).
-const PLUGIN_CONFIG_VECTOR: &[u8] = b"\x86\xaedenied_envvars\xc0\xb0denied_host_gids\xc0\xb0denied_host_uids\xa40-99\xa7enabled\xc2\xa7helpers\xa8combined\xaano_cgroups\xc2";
+/// eleven keys in ascending order, the schema's defaults applied (`helpers`, `isolation`, the
+/// pid/ipc modes, `no_cgroups`, `no_pivot_root`), nil for the unset ones (spec §6).
+const PLUGIN_CONFIG_VECTOR: &[u8] = b"\x8b\xaaallow_caps\xc0\xb0default_ipc_mode\xa7private\xb0default_pid_mode\xa7private\xaedenied_envvars\xc0\xb0denied_host_gids\xc0\xb0denied_host_uids\xa40-99\xa7enabled\xc2\xa7helpers\xa8combined\xa9isolation\xa4none\xaano_cgroups\xc2\xadno_pivot_root\xc2";
 
 #[tokio::test]
 async fn set_config_decodes_nomads_msgpack_and_refuses_bad_config() {
@@ -455,6 +467,10 @@ async fn set_config_decodes_nomads_msgpack_and_refuses_bad_config() {
                 ("enabled", Value::from(false)),
                 ("no_cgroups", Value::from(false)),
                 ("helpers", Value::from("combined")),
+                ("isolation", Value::from("none")),
+                ("default_pid_mode", Value::from("private")),
+                ("default_ipc_mode", Value::from("private")),
+                ("no_pivot_root", Value::from(false)),
                 ("denied_host_uids", Value::from("0-99")),
             ],
             PLUGIN_KEYS
@@ -1580,4 +1596,129 @@ fn the_task_helper_refuses_bad_argv_in_one_line() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(out.stdout.is_empty());
     }
+}
+
+/// `plugin config { isolation = "chroot" }`: the driver declares chroot isolation (the agent
+/// then builds each task dir from `chroot_env`; here the test does) and runs tasks as Nomad's
+/// exec driver does — the isolated executor, `nobody`, the exec defaults' capabilities, a private
+/// PID namespace, `cap_add` checked against `allow_caps` — in both helper forms; a task asking for
+/// a chroot the plugin does not offer, a bad pid_mode or a cap_add outside allow_caps is refused
+/// with a clear error and leaves nothing.
+#[tokio::test]
+async fn isolation_chroot_runs_tasks_the_way_the_exec_driver_does() {
+    if !nix::unistd::geteuid().is_root()
+        || !std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists()
+    {
+        eprintln!("skipping: the isolated executor needs root and cgroup v1");
+        return;
+    }
+    let task_cfg = |args: &[&str], extra: &[(&str, Value)]| {
+        let mut pairs = vec![
+            ("command", Value::from("/bin/sh")),
+            ("args", strings(args)),
+            ("max_files", Value::from(10u64)),
+            ("max_file_size", Value::from(10u64)),
+        ];
+        pairs.extend(extra.iter().cloned());
+        cty_object(&pairs, TASK_KEYS)
+    };
+    for form in FORMS {
+        let d = start_driver().await;
+        let cfg = cty_object(
+            &[
+                ("helpers", Value::from(form)),
+                ("isolation", Value::from("chroot")),
+            ],
+            PLUGIN_KEYS,
+        );
+        set_config(&d, cfg, true).await.unwrap();
+        let caps = d
+            .driver()
+            .capabilities(CapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities
+            .unwrap();
+        assert_eq!(
+            caps.fs_isolation,
+            driver_capabilities::FsIsolation::Chroot as i32
+        );
+        let a = alloc();
+        let t = a.task(
+            "iso",
+            task_cfg(
+                &[
+                    "-c",
+                    "echo pid=$$; id -u; grep CapEff /proc/self/status; ls /",
+                ],
+                &[("cap_add", strings(&["net_bind_service"]))],
+            ),
+        );
+        common::chroot::build(&a.dir.path().join("iso"));
+        let id = t.id.clone();
+        start(&d, t).await;
+        let exit = wait(&d, &id).await;
+        assert_eq!(
+            exit.result.as_ref().unwrap().exit_code,
+            0,
+            "{form}: {exit:?} {}",
+            a.log("iso.stderr.0")
+        );
+        let out = a.log("iso.stdout.0");
+        assert!(
+            out.contains("pid=1\n"),
+            "{form}: a private PID namespace: {out}"
+        );
+        assert!(out.contains("65534\n"), "{form}: nobody by default: {out}");
+        assert!(
+            out.contains("00000000a80405fb"),
+            "{form}: exec's default capabilities: {out}"
+        );
+        assert!(
+            out.contains("secrets\n") && !out.contains("home\n"),
+            "{form}: the chroot is /: {out}"
+        );
+        destroy(&d, &id).await;
+        assert_clean(&d, &a).await;
+
+        // Bad input: each refused at StartTask, nothing left.
+        for (extra, want) in [
+            (
+                vec![("pid_mode", Value::from("shared"))],
+                "pid_mode \"shared\" must be \"private\" or \"host\"",
+            ),
+            (
+                vec![("cap_add", strings(&["sys_admin"]))],
+                "driver does not allow the following capabilities: sys_admin",
+            ),
+            (
+                vec![("cap_drop", strings(&["flying"]))],
+                "unknown capability \"flying\"",
+            ),
+        ] {
+            let t = a.task("bad", task_cfg(&["-c", "echo ran"], &extra));
+            common::chroot::build(&a.dir.path().join("bad"));
+            let e = start_err(&d, t).await;
+            assert!(e.message().contains(want), "{form}: {}", e.message());
+            assert!(a.log("bad.stdout.0").is_empty());
+            assert_clean(&d, &a).await;
+        }
+    }
+    // A task asking for the chroot from a plugin without it.
+    let d = start_driver().await;
+    set_config(&d, helpers("combined"), true).await.unwrap();
+    let a = alloc();
+    let t = a.task(
+        "nochroot",
+        task_cfg(&["-c", "echo ran"], &[("isolation", Value::from("chroot"))]),
+    );
+    let e = start_err(&d, t).await;
+    assert!(
+        e.message()
+            .contains("needs the plugin config's isolation = \"chroot\""),
+        "{}",
+        e.message()
+    );
+    assert_clean(&d, &a).await;
 }

@@ -271,6 +271,24 @@ def cmd_alloc_procs(alloc, alloc_dir):
             print(p.line())
 
 
+def cmd_host_pid(alloc, nspid):
+    """The host pid of ALLOC's process that its own PID namespace calls NSPID (the newest, if a
+    restarted task left one dying); NSPID itself when no process of ALLOC is in a namespace."""
+    env = f"NOMAD_ALLOC_ID={alloc}"
+    found = []
+    for p in procs():
+        if env not in p.environ:
+            continue
+        try:
+            status = open(f"/proc/{p.pid}/status").read()
+        except OSError:
+            continue
+        ns = next((l.split()[1:] for l in status.splitlines() if l.startswith("NSpid:")), [])
+        if len(ns) > 1 and ns[-1] == str(nspid):
+            found.append((p.starttime, p.pid))
+    print(max(found)[1] if found else nspid)
+
+
 def cmd_record(alloc, alloc_dir, pids_file, cgroups_file):
     """Append `PID STARTTIME` of ALLOC's processes to PIDS_FILE and their task cgroup directories
     (under a hierarchy's /nomad/, not Nomad's shared cpuset partitions) to CGROUPS_FILE."""

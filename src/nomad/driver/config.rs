@@ -10,24 +10,34 @@ use super::msgpack::{Fields, MsgpackError};
 
 /// Keys of the plugin config.
 pub const PLUGIN_KEYS: &[&str] = &[
+    "allow_caps",
+    "default_ipc_mode",
+    "default_pid_mode",
     "denied_envvars",
     "denied_host_gids",
     "denied_host_uids",
     "enabled",
     "helpers",
+    "isolation",
     "no_cgroups",
+    "no_pivot_root",
 ];
 
 /// Keys of a task's config.
 pub const TASK_KEYS: &[&str] = &[
     "args",
+    "cap_add",
+    "cap_drop",
     "cgroup_v1_override",
     "cgroup_v2_override",
     "command",
     "denied_envvars",
+    "ipc_mode",
+    "isolation",
     "max_file_size",
     "max_files",
     "oom_score_adj",
+    "pid_mode",
     "work_dir",
 ];
 
@@ -62,6 +72,9 @@ pub enum ConfigError {
         /// Why.
         reason: &'static str,
     },
+    /// A capability name or policy problem (`allow_caps`, `cap_add`, `cap_drop`).
+    #[error("{0}")]
+    Capabilities(String),
     /// A setting whose value is out of its domain.
     #[error("task config: {key} {value:?} {reason}")]
     Invalid {
@@ -143,6 +156,60 @@ impl Helpers {
     }
 }
 
+/// Filesystem isolation: the plugin's `isolation` (what it declares to the agent) and a task's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// raw_exec's: the task runs on the host, in its task dir.
+    #[default]
+    None,
+    /// exec's: the agent builds a chroot, the isolated executor runs the task inside it.
+    Chroot,
+}
+
+impl Isolation {
+    fn parse(value: &str) -> Option<Isolation> {
+        match value {
+            "none" => Some(Isolation::None),
+            "chroot" => Some(Isolation::Chroot),
+            _ => None,
+        }
+    }
+}
+
+/// Nomad's exec driver default for `allow_caps` (its `NomadDefaults`, lower case).
+pub fn default_allow_caps() -> Vec<String> {
+    crate::nomad::executor::isolation::capabilities::NOMAD_DEFAULTS
+        .iter()
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect()
+}
+
+fn check_mode(plugin: bool, key: &'static str, value: String) -> Result<String, ConfigError> {
+    if value == "private" || value == "host" {
+        return Ok(value);
+    }
+    let reason = "must be \"private\" or \"host\"";
+    Err(if plugin {
+        ConfigError::PluginValue { key, value, reason }
+    } else {
+        ConfigError::Invalid { key, value, reason }
+    })
+}
+
+fn check_caps(key: &str, names: &[String]) -> Result<(), ConfigError> {
+    use std::str::FromStr;
+    for n in names {
+        let canon = crate::nomad::executor::isolation::capabilities::normalise(n);
+        if canon != "ALL" && caps::Capability::from_str(&canon).is_err() {
+            return Err(ConfigError::Capabilities(format!(
+                "{key}: unknown capability {n:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The plugin config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
@@ -158,6 +225,16 @@ pub struct PluginConfig {
     pub denied_envvars: Vec<String>,
     /// One helper process per task or two.
     pub helpers: Helpers,
+    /// `chroot`: declare chroot isolation and run tasks in the isolated executor.
+    pub isolation: Isolation,
+    /// Isolated tasks' PID namespace unless the task says (`private` or `host`).
+    pub default_pid_mode: String,
+    /// Isolated tasks' IPC namespace unless the task says.
+    pub default_ipc_mode: String,
+    /// chroot instead of pivot_root.
+    pub no_pivot_root: bool,
+    /// Capabilities isolated tasks may have (exec's `allow_caps`).
+    pub allow_caps: Vec<String>,
 }
 
 impl Default for PluginConfig {
@@ -169,6 +246,11 @@ impl Default for PluginConfig {
             denied_host_gids: IdRanges::default(),
             denied_envvars: vec![],
             helpers: Helpers::default(),
+            isolation: Isolation::None,
+            default_pid_mode: "private".into(),
+            default_ipc_mode: "private".into(),
+            no_pivot_root: false,
+            allow_caps: default_allow_caps(),
         }
     }
 }
@@ -193,6 +275,31 @@ impl PluginConfig {
             helpers: match f.string("helpers")? {
                 Some(h) => Helpers::parse(&h)?,
                 None => d.helpers,
+            },
+            isolation: match f.string("isolation")? {
+                Some(v) => Isolation::parse(&v).ok_or(ConfigError::PluginValue {
+                    key: "isolation",
+                    value: v,
+                    reason: "must be \"none\" (raw_exec's) or \"chroot\" (exec's)",
+                })?,
+                None => d.isolation,
+            },
+            default_pid_mode: match f.string("default_pid_mode")? {
+                Some(v) => check_mode(true, "default_pid_mode", v)?,
+                None => d.default_pid_mode,
+            },
+            default_ipc_mode: match f.string("default_ipc_mode")? {
+                Some(v) => check_mode(true, "default_ipc_mode", v)?,
+                None => d.default_ipc_mode,
+            },
+            no_pivot_root: f.bool("no_pivot_root")?.unwrap_or(d.no_pivot_root),
+            allow_caps: {
+                let caps = match f.strings_opt("allow_caps")? {
+                    Some(c) => c,
+                    None => d.allow_caps,
+                };
+                check_caps("plugin config: allow_caps", &caps)?;
+                caps
             },
         })
     }
@@ -226,6 +333,21 @@ pub struct TaskConfig {
     pub max_files: u32,
     /// Size of each log file in MiB.
     pub max_file_size_mb: u32,
+    /// `none` or `chroot`; unset: the plugin's.
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
+    /// Isolated: `private` or `host` PID namespace; unset: the plugin's default.
+    #[serde(default)]
+    pub pid_mode: Option<String>,
+    /// Isolated: `private` or `host` IPC namespace; unset: the plugin's default.
+    #[serde(default)]
+    pub ipc_mode: Option<String>,
+    /// Isolated: capabilities added (within `allow_caps`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Isolated: capabilities dropped.
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
 }
 
 impl TaskConfig {
@@ -246,7 +368,27 @@ impl TaskConfig {
             max_file_size_mb: f
                 .integer("max_file_size", 1, i64::from(u32::MAX))?
                 .map_or(DEFAULT_MAX_FILE_SIZE_MB, |n| n as u32),
+            isolation: match f.string("isolation")? {
+                Some(v) => Some(Isolation::parse(&v).ok_or(ConfigError::Invalid {
+                    key: "isolation",
+                    value: v,
+                    reason: "must be \"none\" or \"chroot\"",
+                })?),
+                None => None,
+            },
+            pid_mode: f
+                .string("pid_mode")?
+                .map(|v| check_mode(false, "pid_mode", v))
+                .transpose()?,
+            ipc_mode: f
+                .string("ipc_mode")?
+                .map(|v| check_mode(false, "ipc_mode", v))
+                .transpose()?,
+            cap_add: f.strings("cap_add")?,
+            cap_drop: f.strings("cap_drop")?,
         };
+        check_caps("task config: cap_add", &cfg.cap_add)?;
+        check_caps("task config: cap_drop", &cfg.cap_drop)?;
         if !cfg.work_dir.is_empty() && !cfg.work_dir.starts_with('/') {
             return Err(ConfigError::Invalid {
                 key: "work_dir",

@@ -46,6 +46,20 @@ pub fn plugin_config() -> Spec {
         ("enabled", with_default("enabled", "bool", "true")),
         ("no_cgroups", with_default("no_cgroups", "bool", "false")),
         ("helpers", with_default("helpers", "string", "\"combined\"")),
+        ("isolation", with_default("isolation", "string", "\"none\"")),
+        (
+            "default_pid_mode",
+            with_default("default_pid_mode", "string", "\"private\""),
+        ),
+        (
+            "default_ipc_mode",
+            with_default("default_ipc_mode", "string", "\"private\""),
+        ),
+        (
+            "no_pivot_root",
+            with_default("no_pivot_root", "bool", "false"),
+        ),
+        ("allow_caps", attr("allow_caps", "list(string)", false)),
         (
             "denied_host_uids",
             attr("denied_host_uids", "string", false),
@@ -61,7 +75,7 @@ pub fn plugin_config() -> Spec {
     ])
 }
 
-/// A task's `config {}`: raw_exec's keys plus log rotation.
+/// A task's `config {}`: raw_exec's keys, log rotation, and exec's isolation keys.
 pub fn task_config() -> Spec {
     object(vec![
         ("command", attr("command", "string", true)),
@@ -80,6 +94,11 @@ pub fn task_config() -> Spec {
             "denied_envvars",
             attr("denied_envvars", "list(string)", false),
         ),
+        ("isolation", attr("isolation", "string", false)),
+        ("pid_mode", attr("pid_mode", "string", false)),
+        ("ipc_mode", attr("ipc_mode", "string", false)),
+        ("cap_add", attr("cap_add", "list(string)", false)),
+        ("cap_drop", attr("cap_drop", "list(string)", false)),
         ("max_files", with_default("max_files", "number", "10")),
         (
             "max_file_size",

@@ -13,6 +13,7 @@ pub mod base;
 pub mod config;
 pub mod fingerprint;
 pub mod hclspec;
+pub mod isolation;
 pub mod msgpack;
 pub mod service;
 pub mod state;

@@ -231,6 +231,14 @@ impl Fields {
             .collect()
     }
 
+    /// A `list(string)` that may be unset (`None`), as opposed to set and empty.
+    pub fn strings_opt(&self, key: &str) -> Result<Option<Vec<String>>, MsgpackError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(_) => self.strings(key).map(Some),
+        }
+    }
+
     /// A `list(map(string))` (HCL blocks arrive as a list of objects), merged in order; also
     /// accepts a single map.
     pub fn merged_maps(&self, key: &str) -> Result<Vec<(String, String)>, MsgpackError> {

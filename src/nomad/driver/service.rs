@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::config::{Isolation, PluginConfig};
 use super::task::{self, Task, TaskError};
 use super::{Shared, DRIVER_NAME};
 use crate::nomad::executor::signals::parse_shutdown_signal;
@@ -91,18 +92,29 @@ fn zero_time() -> prost_types::Timestamp {
     }
 }
 
-/// What the driver declares (spec §9).
-pub fn capabilities() -> DriverCapabilities {
+/// What the driver declares (spec §9): chroot isolation (the agent then builds each task dir
+/// from its `chroot_env`) and mounts when the plugin config's `isolation = "chroot"`.
+pub fn capabilities(plugin: &PluginConfig) -> DriverCapabilities {
+    let chroot = plugin.isolation == Isolation::Chroot;
     DriverCapabilities {
         send_signals: true,
         exec: true,
-        fs_isolation: FsIsolation::None as i32,
+        fs_isolation: if chroot {
+            FsIsolation::Chroot as i32
+        } else {
+            FsIsolation::None as i32
+        },
         network_isolation_modes: vec![
             NetworkIsolationMode::Host as i32,
             NetworkIsolationMode::Group as i32,
         ],
         must_create_network: false,
-        mount_configs: MountConfigs::NoMounts as i32,
+        mount_configs: if chroot {
+            // 0, `ANY_MOUNTS`: Nomad's `MountConfigSupportAll`.
+            MountConfigs::UnknownMounts as i32
+        } else {
+            MountConfigs::NoMounts as i32
+        },
         // The driver runs its own logmon: the agent starts none.
         disable_log_collection: true,
         dynamic_workload_users: false,
@@ -150,7 +162,7 @@ impl Driver for DriverService {
         _: Request<CapabilitiesRequest>,
     ) -> Result<Response<CapabilitiesResponse>, Status> {
         Ok(Response::new(CapabilitiesResponse {
-            capabilities: Some(capabilities()),
+            capabilities: Some(capabilities(&self.shared.plugin_config())),
         }))
     }
 

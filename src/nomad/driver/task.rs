@@ -365,16 +365,16 @@ fn check_user(user: &str, plugin: &PluginConfig) -> Result<(), TaskError> {
     Ok(())
 }
 
-fn executor_json(task_dir: &Path, agent: &AgentInfo) -> String {
+fn executor_json(task_dir: &Path, agent: &AgentInfo, isolated: bool) -> String {
     let log_file = task_dir.join("executor.out");
     let v = if agent.modern {
         serde_json::json!({
-            "LogFile": log_file, "LogLevel": "debug", "FSIsolation": false,
+            "LogFile": log_file, "LogLevel": "debug", "FSIsolation": isolated,
             "Compute": {"tc": agent.compute.total_mhz, "nc": agent.compute.cores},
         })
     } else {
         serde_json::json!({
-            "LogFile": log_file, "LogLevel": "debug", "FSIsolation": false,
+            "LogFile": log_file, "LogLevel": "debug", "FSIsolation": isolated,
             "CpuTotalTicks": agent.compute.total_mhz,
         })
     };
@@ -538,7 +538,7 @@ async fn start_helpers(
         partial.logmon = Some(start_logmon(logs, &task.name).await?);
         readers = hold_fifos(logs);
     }
-    let json = executor_json(task_dir, agent);
+    let json = executor_json(task_dir, agent, super::isolation::isolated(cfg, plugin)?);
     let executor = Client::builder(
         helper_command(&["executor", &json])?,
         crate::nomad::handshake(),
@@ -567,7 +567,10 @@ async fn launch(
     agent: &AgentInfo,
     partial: &mut Partial,
 ) -> Result<u32, TaskError> {
-    let req = launch_request(task, cfg, plugin, agent, partial.logs.as_ref());
+    let mut req = launch_request(task, cfg, plugin, agent, partial.logs.as_ref());
+    if super::isolation::isolated(cfg, plugin)? {
+        super::isolation::apply(&mut req, task, cfg, plugin)?;
+    }
     let launched = ExecutorClient::new(executor.channel())
         .launch(req)
         .await
@@ -590,7 +593,7 @@ async fn start_combined(
     task_dir: &Path,
     partial: &mut Partial,
 ) -> Result<(Client, u32, Vec<OwnedFd>), TaskError> {
-    let json = executor_json(task_dir, agent);
+    let json = executor_json(task_dir, agent, super::isolation::isolated(cfg, plugin)?);
     let entry = crate::nomad::combined::ENTRY_NAME;
     let helper = Client::builder(helper_command(&[entry, &json])?, crate::nomad::handshake())
         .name(entry)
@@ -1121,12 +1124,12 @@ mod tests {
             modern: false,
         };
         let j: serde_json::Value =
-            serde_json::from_str(&executor_json(Path::new("/a/t"), &a)).unwrap();
+            serde_json::from_str(&executor_json(Path::new("/a/t"), &a, false)).unwrap();
         assert_eq!(j["CpuTotalTicks"], 5200);
         assert_eq!(j["LogFile"], "/a/t/executor.out");
         a.modern = true;
         let j: serde_json::Value =
-            serde_json::from_str(&executor_json(Path::new("/a/t"), &a)).unwrap();
+            serde_json::from_str(&executor_json(Path::new("/a/t"), &a, false)).unwrap();
         assert_eq!(j["Compute"]["tc"], 5200);
         assert_eq!(j["Compute"]["nc"], 2);
         assert!(j.get("CpuTotalTicks").is_none());
