@@ -56,11 +56,42 @@ async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
     HOST.read().await
 }
 
+/// Set in the process a host row re-runs itself in.
+const ALONE: &str = "GOPLUGIN_FAULTS_ALONE";
+
 /// Runs a row whose host is this process: alone, on a runtime whose idle blocking threads go
 /// at once, after one plugin start, broker round trip and kill, so that process-wide state made
 /// on first use (tokio's signal pipe, the TLS provider) exists before the baseline is taken.
+///
+/// "Alone" means in a process of its own: the test binary runs again with only this test, so no
+/// other test's thread or runtime (libtest starts the next test whenever a slot frees) can show
+/// up in the row's count of this process's descriptors and threads.
 fn host_row(row: impl std::future::Future<Output = ()>) {
     let _x = exclusive();
+    if std::env::var_os(ALONE).is_none() {
+        drop(row);
+        let name = std::thread::current()
+            .name()
+            .expect("libtest names the thread after the test")
+            .to_string();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("{text}");
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{name} alone in its own process: {}",
+            out.status
+        );
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(Duration::from_millis(20))
