@@ -91,7 +91,7 @@ async fn go_plugin_stderr_becomes_tracing_events_at_go_levels() {
         .await
         .unwrap();
     client.kill().await;
-    // The stream's task logs once the connection is gone: give it that moment.
+    // A stream task that logs would do so once the connection is gone: give it that moment.
     for _ in 0..100 {
         if logs.text()[before..].contains("broker stream") {
             break;
@@ -103,9 +103,6 @@ async fn go_plugin_stderr_becomes_tracing_events_at_go_levels() {
         .lines()
         .filter(|l| l.contains("broker stream") && !l.contains("TRACE"))
         .collect();
+    // Killing the client cancels its broker stream task, so nothing (or a trace line) is logged.
     assert!(noisy.is_empty(), "{noisy:?}");
-    assert!(
-        after.contains("broker stream closed with the client"),
-        "{after}"
-    );
 }
