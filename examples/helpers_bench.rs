@@ -684,23 +684,9 @@ fn launch_request(gen: Gen, env: &TaskEnv, argv: &[&str], out: &str, err: &str) 
         req.resource_limits = true;
         req.default_pid_mode = "private".into();
         req.default_ipc_mode = "private".into();
-        req.capabilities = [
-            "CAP_AUDIT_WRITE",
-            "CAP_CHOWN",
-            "CAP_DAC_OVERRIDE",
-            "CAP_FOWNER",
-            "CAP_FSETID",
-            "CAP_KILL",
-            "CAP_MKNOD",
-            "CAP_NET_BIND_SERVICE",
-            "CAP_SETFCAP",
-            "CAP_SETGID",
-            "CAP_SETPCAP",
-            "CAP_SETUID",
-            "CAP_SYS_CHROOT",
-        ]
-        .map(String::from)
-        .to_vec();
+        req.capabilities = goplugin::nomad::executor::isolation::capabilities::NOMAD_DEFAULTS
+            .map(String::from)
+            .to_vec();
     }
     match gen {
         Gen::V16 if !env.isolated => req.basic_process_cgroup = true,
