@@ -473,8 +473,7 @@ impl Client {
             None => !self.exited(),
         };
         if still_ours {
-            let pid = nix::unistd::Pid::from_raw(self.inner.pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            kill_pid(self.inner.pid);
         }
     }
 
@@ -562,6 +561,24 @@ impl Client {
             }),
         })
     }
+}
+
+/// SIGKILL, as Go's `Process.Kill` on Unix.
+#[cfg(unix)]
+fn kill_pid(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Forced termination, as Go's `Process.Kill` (TerminateProcess) on Windows.
+#[cfg(not(unix))]
+fn kill_pid(pid: u32) {
+    let _ = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn reattach_network(network: &str) -> Result<Network, ClientError> {
@@ -873,7 +890,6 @@ async fn connect_main(
 }
 
 fn make_socket_dir(parent: &Path, group: Option<&str>) -> Result<PathBuf, ClientError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |source| ClientError::SocketDir {
         dir: parent.to_path_buf(),
         source,
@@ -886,18 +902,29 @@ fn make_socket_dir(parent: &Path, group: Option<&str>) -> Result<PathBuf, Client
             Err(e) => return Err(err(e)),
         }
     };
+    restrict_socket_dir(&dir, group).map_err(err)?;
+    Ok(dir)
+}
+
+/// Mode 0700, or 0770 with `group` (name or gid) as the directory's group, as go-plugin's host.
+#[cfg(unix)]
+fn restrict_socket_dir(dir: &Path, group: Option<&str>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let mode = match group {
         Some(g) => {
-            let gid = transport::resolve_group(g)
-                .map_err(|e| err(std::io::Error::other(e.to_string())))?;
-            nix::unistd::chown(&dir, None, Some(nix::unistd::Gid::from_raw(gid)))
-                .map_err(|e| err(std::io::Error::from(e)))?;
+            let gid = transport::resolve_group(g).map_err(std::io::Error::other)?;
+            nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid)))?;
             0o770
         }
         None => 0o700,
     };
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    Ok(dir)
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// Unix modes and groups do not exist here (the directory only matters to unix sockets).
+#[cfg(not(unix))]
+fn restrict_socket_dir(_dir: &Path, _group: Option<&str>) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn host_listen_config(dir: Option<&SocketDirGuard>) -> ListenConfig {

@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub(crate) mod gojson;
 pub mod handshake;
 pub mod hclog;
+#[cfg(unix)]
 pub(crate) mod inherit;
 pub mod mux;
 #[cfg(all(feature = "nomad", target_os = "linux"))]

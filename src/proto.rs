@@ -1,5 +1,6 @@
-//! Generated gRPC code for go-plugin's internal services and the example contracts.
-//! The `.proto` sources under `proto/` are ours, wire-identical to upstream (spec §7).
+//! Generated gRPC code for go-plugin's internal services, and (features `examples` and `nomad`)
+//! for go-plugin's example contracts and Nomad's helper and driver services. The `.proto`
+//! sources under `proto/` are ours, wire-identical to upstream (spec §7).
 
 /// go-plugin's internal services: `plugin.GRPCBroker`, `plugin.GRPCController`, `plugin.GRPCStdio`.
 pub mod plugin {
@@ -8,24 +9,28 @@ pub mod plugin {
 }
 
 /// go-plugin's `examples/grpc` contract: `proto.KV`.
+#[cfg(feature = "examples")]
 pub mod kv {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/kv/proto.rs"));
 }
 
 /// go-plugin's `examples/bidirectional` contract: `proto.Counter` and `proto.AddHelper`.
+#[cfg(feature = "examples")]
 pub mod counter {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/counter/proto.rs"));
 }
 
 /// go-plugin's test contract (`test/grpc`): `grpctest.Test` and `grpctest.PingPong`.
+#[cfg(feature = "examples")]
 pub mod grpctest {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/grpctest/grpctest.rs"));
 }
 
 /// Nomad's `hashicorp.nomad.client.logmon.proto.LogMon`.
+#[cfg(feature = "nomad")]
 pub mod logmon {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(
@@ -36,6 +41,7 @@ pub mod logmon {
 
 /// Nomad's driver proto (`hashicorp.nomad.plugins.drivers.proto`): the `Driver` service and
 /// its messages, which the executor shares.
+#[cfg(feature = "nomad")]
 pub mod drivers {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(
@@ -45,6 +51,7 @@ pub mod drivers {
 }
 
 /// Nomad's `hashicorp.nomad.plugins.executor.proto.Executor`.
+#[cfg(feature = "nomad")]
 pub mod executor {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(
@@ -54,6 +61,7 @@ pub mod executor {
 }
 
 /// Nomad's base plugin service `hashicorp.nomad.plugins.base.proto.BasePlugin`.
+#[cfg(feature = "nomad")]
 pub mod base {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(
@@ -63,6 +71,7 @@ pub mod base {
 }
 
 /// Nomad's HCL schema messages (`hashicorp.nomad.plugins.shared.hclspec`).
+#[cfg(feature = "nomad")]
 pub mod hclspec {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(
@@ -73,6 +82,7 @@ pub mod hclspec {
 
 /// Nomad's shared plugin structs (`hashicorp.nomad.plugins.shared.structs`): attributes and the
 /// recoverable-error detail.
+#[cfg(feature = "nomad")]
 pub mod structs {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(

@@ -266,6 +266,7 @@ fn check_cookie(h: &HandshakeConfig) {
 }
 
 /// Go plugins ignore SIGINT so that a Ctrl-C in the host's terminal does not kill them (§2.3).
+#[cfg(unix)]
 fn ignore_sigint() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
         Ok(mut sig) => {
@@ -279,6 +280,16 @@ fn ignore_sigint() {
         }
         Err(e) => tracing::debug!("cannot install SIGINT handler: {e}"),
     }
+}
+
+/// Go plugins ignore Ctrl-C (§2.3); a registered handler keeps Windows from ending the process.
+#[cfg(not(unix))]
+fn ignore_sigint() {
+    tokio::spawn(async {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            tracing::trace!("plugin received interrupt signal, ignoring");
+        }
+    });
 }
 
 /// AutoMTLS when the host sent `PLUGIN_CLIENT_CERT` (§6): our identity and the TLS configs.
