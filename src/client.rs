@@ -181,6 +181,7 @@ pub struct ClientBuilder {
     skip_host_env: bool,
     stdin: Option<Stdio>,
     tls: Option<MtlsConfig>,
+    max_message_size: usize,
 }
 
 impl ClientBuilder {
@@ -289,6 +290,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The largest message the internal clients (health, controller, broker, stdio) send and
+    /// accept, and what [`Client::max_message_size`] hands to yours; [`crate::MAX_MESSAGE_SIZE`]
+    /// (2^31-1, go-plugin's Go host's `MaxCallRecvMsgSize`/`MaxCallSendMsgSize`) by default.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
     /// Starts the plugin and connects to it.
     pub async fn start(self) -> Result<Client, ClientError> {
         Starter::run(self).await
@@ -319,6 +328,7 @@ struct Inner {
     kill_grace: Duration,
     shutdown_timeout: Duration,
     socket_dir: Mutex<Option<SocketDirGuard>>,
+    max_message_size: usize,
 }
 
 impl Drop for Inner {
@@ -372,12 +382,28 @@ impl Client {
             skip_host_env: false,
             stdin: None,
             tls: None,
+            max_message_size: crate::MAX_MESSAGE_SIZE,
         }
     }
 
-    /// The gRPC channel to the plugin's main server: build your service clients on it.
+    /// The gRPC channel to the plugin's main server: build your service clients on it, with
+    /// [`Client::max_message_size`] as their limits (tonic sets them per generated client and
+    /// decodes at most 4 MiB otherwise):
+    ///
+    /// ```ignore
+    /// let kv = KvClient::new(client.channel())
+    ///     .max_decoding_message_size(client.max_message_size())
+    ///     .max_encoding_message_size(client.max_message_size());
+    /// ```
     pub fn channel(&self) -> Channel {
         self.inner.channel.clone()
+    }
+
+    /// The message-size limit for clients built on [`Client::channel`] (and on brokered
+    /// channels): [`crate::MAX_MESSAGE_SIZE`], as a Go host's, unless
+    /// [`ClientBuilder::max_message_size`] changed it (a reattached client has the default).
+    pub fn max_message_size(&self) -> usize {
+        self.inner.max_message_size
     }
 
     /// The broker, to serve callbacks (`accept_and_serve`) or dial the plugin's extra servers.
@@ -399,6 +425,8 @@ impl Client {
     pub async fn ping(&self) -> Result<(), ClientError> {
         use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
         HealthClient::new(self.channel())
+            .max_decoding_message_size(self.inner.max_message_size)
+            .max_encoding_message_size(self.inner.max_message_size)
             .check(HealthCheckRequest {
                 service: "plugin".into(),
             })
@@ -444,7 +472,9 @@ impl Client {
     pub async fn kill(&self) -> Exit {
         self.inner.closed.cancel();
         if !self.exited() {
-            let mut ctl = GrpcControllerClient::new(self.channel());
+            let mut ctl = GrpcControllerClient::new(self.channel())
+                .max_decoding_message_size(self.inner.max_message_size)
+                .max_encoding_message_size(self.inner.max_message_size);
             let call = ctl.shutdown(Empty {});
             let _ = tokio::time::timeout(self.inner.shutdown_timeout, call).await;
         }
@@ -537,8 +567,9 @@ impl Client {
             false,
             closed.clone(),
         );
-        open_broker_stream(&broker, &channel, &closed);
-        open_stdio_stream(&channel, None, None, &closed);
+        let limit = crate::MAX_MESSAGE_SIZE;
+        open_broker_stream(&broker, &channel, &closed, limit);
+        open_stdio_stream(&channel, None, None, &closed, limit);
         let (exit_tx, exit_rx) = watch::channel(None);
         if let Some(id) = identity {
             tokio::spawn(poll_liveness(id, exit_tx, closed.clone()));
@@ -558,6 +589,7 @@ impl Client {
                 kill_grace: Duration::from_secs(2),
                 shutdown_timeout: Duration::from_secs(2),
                 socket_dir: Mutex::new(None),
+                max_message_size: limit,
             }),
         })
     }
@@ -771,8 +803,9 @@ impl Starter {
             Ok(channel) => channel,
             Err(e) => return Err(starter.exited_or(e).await),
         };
-        open_broker_stream(&broker, &channel, &closed);
-        open_stdio_stream(&channel, b.sync_stdout, b.sync_stderr, &closed);
+        let limit = b.max_message_size;
+        open_broker_stream(&broker, &channel, &closed, limit);
+        open_stdio_stream(&channel, b.sync_stdout, b.sync_stderr, &closed, limit);
 
         let identity = ProcessIdentity::of(pid).ok();
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -805,6 +838,7 @@ impl Starter {
                 kill_grace: b.kill_grace,
                 shutdown_timeout: b.shutdown_timeout,
                 socket_dir: Mutex::new(starter.socket_dir.take()),
+                max_message_size: limit,
             }),
         })
     }
@@ -959,12 +993,19 @@ async fn connect_channel(
 
 /// Opens `GRPCBroker/StartStream` at once and keeps feeding the broker. Spawned, never awaited
 /// here: a grpc-go handler sends no headers before its first message.
-fn open_broker_stream(broker: &Broker, channel: &Channel, closed: &CancellationToken) {
+fn open_broker_stream(
+    broker: &Broker,
+    channel: &Channel,
+    closed: &CancellationToken,
+    limit: usize,
+) {
     let (tx, rx) = mpsc::channel(16);
     broker.attach(tx.clone());
     let broker = broker.clone();
     let closed = closed.clone();
-    let mut client = GrpcBrokerClient::new(channel.clone());
+    let mut client = GrpcBrokerClient::new(channel.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     tokio::spawn(async move {
         let call = tokio::select! {
             r = client.start_stream(ReceiverStream::new(rx)) => r,
@@ -1017,8 +1058,11 @@ fn open_stdio_stream(
     stdout: Option<Sink>,
     stderr: Option<Sink>,
     closed: &CancellationToken,
+    limit: usize,
 ) {
-    let mut client = GrpcStdioClient::new(channel.clone());
+    let mut client = GrpcStdioClient::new(channel.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let closed = closed.clone();
     let mut stdout = stdout;
     let mut stderr = stderr;

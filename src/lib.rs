@@ -25,6 +25,15 @@ pub mod tls;
 mod tls_accept;
 pub mod transport;
 
+/// The largest gRPC message go-plugin's Go peers send and accept (`math.MaxInt32` bytes, spec
+/// go-plugin-wire.md §7.3), the default limit both roles here set on the services and clients
+/// they build. tonic's own default for decoding is 4 MiB and is set per generated server or
+/// client, so apply the limit to yours too: `KvServer::new(kv)` with
+/// `.max_decoding_message_size(s.max_message_size())` in [`Services`], `KvClient::new(channel)`
+/// with `.max_decoding_message_size(client.max_message_size())` on a [`Client`]'s channel.
+/// [`Server::max_message_size`] and [`ClientBuilder::max_message_size`] change it.
+pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
+
 pub use broker::{Broker, BrokerError};
 pub use client::{Client, ClientBuilder, ClientError, Exit};
 pub use handshake::{HandshakeConfig, HandshakeLine, Network, Protocol};
