@@ -2,6 +2,8 @@
 //! v1.8.0 (spec: go-plugin-wire.md). The plugin role is [`Server`], the host role [`Client`];
 //! self-re-exec is [`reexec`].
 
+#![warn(missing_docs)]
+
 pub mod broker;
 pub mod client;
 pub mod controller;
