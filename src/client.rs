@@ -721,16 +721,7 @@ impl Starter {
             cmd.env(env::MULTIPLEX_GRPC, "true");
         }
         #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: the closure makes one async-signal-safe system call.
-            unsafe {
-                cmd.pre_exec(|| {
-                    crate::inherit::cloexec_from_3();
-                    Ok(())
-                });
-            }
-        }
+        crate::inherit::only_stdio(&mut cmd);
         if let Some(id) = &identity {
             cmd.env(env::CLIENT_CERT, id.cert_pem());
         }

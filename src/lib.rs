@@ -3,6 +3,10 @@
 //! self-re-exec is [`reexec`].
 
 #![warn(missing_docs)]
+// Unsafe code only where a system call has no safe wrapper, in the modules allowed below (and in
+// `nomad/`, each module that needs it), every block with its `// SAFETY:` reason.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod broker;
 pub mod client;
@@ -14,6 +18,7 @@ pub(crate) mod gojson;
 pub mod handshake;
 pub mod hclog;
 #[cfg(unix)]
+#[allow(unsafe_code)] // pre_exec and close_range(2), which nix does not wrap
 pub(crate) mod inherit;
 pub mod mux;
 #[cfg(all(feature = "nomad", target_os = "linux"))]

@@ -3,6 +3,8 @@
 //! are dispatched before anything else; the rest is a small CLI: the standalone agent
 //! (`run`, `status`, `logs`, `stop`, `exec`) and two go-plugin helpers.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -9,6 +9,7 @@
 //! `stop` and `status` kill it even when its executor is gone.
 
 mod record;
+#[allow(unsafe_code)] // pre_exec for the watcher; SIG_IGN dispositions (nix marks signal() unsafe)
 mod watch;
 
 pub use record::{CgroupDir, TaskRecord};
