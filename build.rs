@@ -1,5 +1,6 @@
 //! Compiles `proto/` with protox (pure Rust), so a fresh machine needs no system `protoc`.
-//! Each pass gets its own output directory because kv.proto and counter.proto share the
+//! go-plugin's own services always; the example contracts with feature `examples` and Nomad's
+//! with feature `nomad`, so the wire library alone compiles neither. Each pass gets its own output directory because kv.proto and counter.proto share the
 //! protobuf package `proto` (as upstream does) but not their messages.
 
 use std::path::PathBuf;
@@ -35,9 +36,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         "plugin",
     )?;
-    compile(&["examples/kv.proto"], "kv")?;
-    compile(&["examples/counter.proto"], "counter")?;
-    compile(&["examples/grpctest.proto"], "grpctest")?;
+    if feature("EXAMPLES") {
+        compile(&["examples/kv.proto"], "kv")?;
+        compile(&["examples/counter.proto"], "counter")?;
+        compile(&["examples/grpctest.proto"], "grpctest")?;
+    }
+    if feature("NOMAD") {
+        compile_nomad()?;
+    }
+    Ok(())
+}
+
+/// Whether cargo builds the crate with `feature` (its name upper-cased, `-` as `_`).
+fn feature(name: &str) -> bool {
+    std::env::var_os(format!("CARGO_FEATURE_{name}")).is_some()
+}
+
+fn compile_nomad() -> Result<(), Box<dyn std::error::Error>> {
     compile(
         &["nomad/hclspec.proto", "nomad/structs.proto"],
         "nomad_shared",

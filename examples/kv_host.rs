@@ -50,7 +50,9 @@ async fn main() {
     } else {
         start().await
     };
-    let mut kv = KvClient::new(client.channel());
+    let mut kv = KvClient::new(client.channel())
+        .max_decoding_message_size(client.max_message_size())
+        .max_encoding_message_size(client.max_message_size());
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let detach = match words.as_slice() {
         ["put", key, value] => {

@@ -54,7 +54,12 @@ pub fn run() -> i32 {
     let served = runtime.block_on(
         Server::new(HandshakeConfig::new("BASIC_PLUGIN", "hello"))
             .services(|s| {
-                s.add_service(KvServer::new(FileKv));
+                let limit = s.max_message_size();
+                s.add_service(
+                    KvServer::new(FileKv)
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(limit),
+                );
             })
             .serve(),
     );

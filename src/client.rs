@@ -181,6 +181,7 @@ pub struct ClientBuilder {
     skip_host_env: bool,
     stdin: Option<Stdio>,
     tls: Option<MtlsConfig>,
+    max_message_size: usize,
 }
 
 impl ClientBuilder {
@@ -289,6 +290,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The largest message the internal clients (health, controller, broker, stdio) send and
+    /// accept, and what [`Client::max_message_size`] hands to yours; [`crate::MAX_MESSAGE_SIZE`]
+    /// (2^31-1, go-plugin's Go host's `MaxCallRecvMsgSize`/`MaxCallSendMsgSize`) by default.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
     /// Starts the plugin and connects to it.
     pub async fn start(self) -> Result<Client, ClientError> {
         Starter::run(self).await
@@ -319,6 +328,7 @@ struct Inner {
     kill_grace: Duration,
     shutdown_timeout: Duration,
     socket_dir: Mutex<Option<SocketDirGuard>>,
+    max_message_size: usize,
 }
 
 impl Drop for Inner {
@@ -372,12 +382,28 @@ impl Client {
             skip_host_env: false,
             stdin: None,
             tls: None,
+            max_message_size: crate::MAX_MESSAGE_SIZE,
         }
     }
 
-    /// The gRPC channel to the plugin's main server: build your service clients on it.
+    /// The gRPC channel to the plugin's main server: build your service clients on it, with
+    /// [`Client::max_message_size`] as their limits (tonic sets them per generated client and
+    /// decodes at most 4 MiB otherwise):
+    ///
+    /// ```ignore
+    /// let kv = KvClient::new(client.channel())
+    ///     .max_decoding_message_size(client.max_message_size())
+    ///     .max_encoding_message_size(client.max_message_size());
+    /// ```
     pub fn channel(&self) -> Channel {
         self.inner.channel.clone()
+    }
+
+    /// The message-size limit for clients built on [`Client::channel`] (and on brokered
+    /// channels): [`crate::MAX_MESSAGE_SIZE`], as a Go host's, unless
+    /// [`ClientBuilder::max_message_size`] changed it (a reattached client has the default).
+    pub fn max_message_size(&self) -> usize {
+        self.inner.max_message_size
     }
 
     /// The broker, to serve callbacks (`accept_and_serve`) or dial the plugin's extra servers.
@@ -399,6 +425,8 @@ impl Client {
     pub async fn ping(&self) -> Result<(), ClientError> {
         use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
         HealthClient::new(self.channel())
+            .max_decoding_message_size(self.inner.max_message_size)
+            .max_encoding_message_size(self.inner.max_message_size)
             .check(HealthCheckRequest {
                 service: "plugin".into(),
             })
@@ -444,7 +472,9 @@ impl Client {
     pub async fn kill(&self) -> Exit {
         self.inner.closed.cancel();
         if !self.exited() {
-            let mut ctl = GrpcControllerClient::new(self.channel());
+            let mut ctl = GrpcControllerClient::new(self.channel())
+                .max_decoding_message_size(self.inner.max_message_size)
+                .max_encoding_message_size(self.inner.max_message_size);
             let call = ctl.shutdown(Empty {});
             let _ = tokio::time::timeout(self.inner.shutdown_timeout, call).await;
         }
@@ -473,8 +503,7 @@ impl Client {
             None => !self.exited(),
         };
         if still_ours {
-            let pid = nix::unistd::Pid::from_raw(self.inner.pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            kill_pid(self.inner.pid);
         }
     }
 
@@ -538,8 +567,9 @@ impl Client {
             false,
             closed.clone(),
         );
-        open_broker_stream(&broker, &channel, &closed);
-        open_stdio_stream(&channel, None, None, &closed);
+        let limit = crate::MAX_MESSAGE_SIZE;
+        open_broker_stream(&broker, &channel, &closed, limit);
+        open_stdio_stream(&channel, None, None, &closed, limit);
         let (exit_tx, exit_rx) = watch::channel(None);
         if let Some(id) = identity {
             tokio::spawn(poll_liveness(id, exit_tx, closed.clone()));
@@ -559,9 +589,28 @@ impl Client {
                 kill_grace: Duration::from_secs(2),
                 shutdown_timeout: Duration::from_secs(2),
                 socket_dir: Mutex::new(None),
+                max_message_size: limit,
             }),
         })
     }
+}
+
+/// SIGKILL, as Go's `Process.Kill` on Unix.
+#[cfg(unix)]
+fn kill_pid(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Forced termination, as Go's `Process.Kill` (TerminateProcess) on Windows.
+#[cfg(not(unix))]
+fn kill_pid(pid: u32) {
+    let _ = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn reattach_network(network: &str) -> Result<Network, ClientError> {
@@ -672,16 +721,7 @@ impl Starter {
             cmd.env(env::MULTIPLEX_GRPC, "true");
         }
         #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: the closure makes one async-signal-safe system call.
-            unsafe {
-                cmd.pre_exec(|| {
-                    crate::inherit::cloexec_from_3();
-                    Ok(())
-                });
-            }
-        }
+        crate::inherit::only_stdio(&mut cmd);
         if let Some(id) = &identity {
             cmd.env(env::CLIENT_CERT, id.cert_pem());
         }
@@ -754,8 +794,9 @@ impl Starter {
             Ok(channel) => channel,
             Err(e) => return Err(starter.exited_or(e).await),
         };
-        open_broker_stream(&broker, &channel, &closed);
-        open_stdio_stream(&channel, b.sync_stdout, b.sync_stderr, &closed);
+        let limit = b.max_message_size;
+        open_broker_stream(&broker, &channel, &closed, limit);
+        open_stdio_stream(&channel, b.sync_stdout, b.sync_stderr, &closed, limit);
 
         let identity = ProcessIdentity::of(pid).ok();
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -788,6 +829,7 @@ impl Starter {
                 kill_grace: b.kill_grace,
                 shutdown_timeout: b.shutdown_timeout,
                 socket_dir: Mutex::new(starter.socket_dir.take()),
+                max_message_size: limit,
             }),
         })
     }
@@ -873,7 +915,6 @@ async fn connect_main(
 }
 
 fn make_socket_dir(parent: &Path, group: Option<&str>) -> Result<PathBuf, ClientError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |source| ClientError::SocketDir {
         dir: parent.to_path_buf(),
         source,
@@ -886,18 +927,29 @@ fn make_socket_dir(parent: &Path, group: Option<&str>) -> Result<PathBuf, Client
             Err(e) => return Err(err(e)),
         }
     };
+    restrict_socket_dir(&dir, group).map_err(err)?;
+    Ok(dir)
+}
+
+/// Mode 0700, or 0770 with `group` (name or gid) as the directory's group, as go-plugin's host.
+#[cfg(unix)]
+fn restrict_socket_dir(dir: &Path, group: Option<&str>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let mode = match group {
         Some(g) => {
-            let gid = transport::resolve_group(g)
-                .map_err(|e| err(std::io::Error::other(e.to_string())))?;
-            nix::unistd::chown(&dir, None, Some(nix::unistd::Gid::from_raw(gid)))
-                .map_err(|e| err(std::io::Error::from(e)))?;
+            let gid = transport::resolve_group(g).map_err(std::io::Error::other)?;
+            nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid)))?;
             0o770
         }
         None => 0o700,
     };
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    Ok(dir)
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// Unix modes and groups do not exist here (the directory only matters to unix sockets).
+#[cfg(not(unix))]
+fn restrict_socket_dir(_dir: &Path, _group: Option<&str>) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn host_listen_config(dir: Option<&SocketDirGuard>) -> ListenConfig {
@@ -932,12 +984,19 @@ async fn connect_channel(
 
 /// Opens `GRPCBroker/StartStream` at once and keeps feeding the broker. Spawned, never awaited
 /// here: a grpc-go handler sends no headers before its first message.
-fn open_broker_stream(broker: &Broker, channel: &Channel, closed: &CancellationToken) {
+fn open_broker_stream(
+    broker: &Broker,
+    channel: &Channel,
+    closed: &CancellationToken,
+    limit: usize,
+) {
     let (tx, rx) = mpsc::channel(16);
     broker.attach(tx.clone());
     let broker = broker.clone();
     let closed = closed.clone();
-    let mut client = GrpcBrokerClient::new(channel.clone());
+    let mut client = GrpcBrokerClient::new(channel.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     tokio::spawn(async move {
         let call = tokio::select! {
             r = client.start_stream(ReceiverStream::new(rx)) => r,
@@ -990,8 +1049,11 @@ fn open_stdio_stream(
     stdout: Option<Sink>,
     stderr: Option<Sink>,
     closed: &CancellationToken,
+    limit: usize,
 ) {
-    let mut client = GrpcStdioClient::new(channel.clone());
+    let mut client = GrpcStdioClient::new(channel.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let closed = closed.clone();
     let mut stdout = stdout;
     let mut stderr = stderr;

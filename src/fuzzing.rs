@@ -2,6 +2,7 @@
 //! thin wrappers over the parsers of outside input that are not public API. Nothing here is
 //! meant for other callers, and nothing here changes how the wrapped code behaves.
 
+#[cfg(all(feature = "nomad", target_os = "linux"))]
 use std::path::Path;
 
 use crate::broker::{Broker, Side};

@@ -59,16 +59,26 @@ const PANIC_LOCK_WAIT: Duration = Duration::from_millis(250);
 /// Errors of installing plugin-side logging.
 #[derive(Debug, thiserror::Error)]
 pub enum HclogError {
+    /// The shared handle on the real stderr could not be taken.
     #[error("duplicating stderr (fd 2) for plugin logging: {source}")]
-    DupStderr { source: io::Error },
+    DupStderr {
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A log filter does not parse.
     #[error("invalid log filter {directives:?} (from {origin}): {source}")]
     Filter {
+        /// The filter as given.
         directives: String,
+        /// Where it came from (an environment variable or the caller).
         origin: &'static str,
+        /// Why it does not parse.
         source: ParseError,
     },
+    /// Another global `tracing` subscriber is installed already.
     #[error("installing the global tracing subscriber for plugin logging: {source}")]
     Install {
+        /// tracing's error.
         source: tracing::subscriber::SetGlobalDefaultError,
     },
 }
@@ -738,6 +748,7 @@ pub enum LogLine {
         /// From a `[TRACE]`..`[ERROR]` prefix, Error for a `panic: `/`fatal error: ` line (and,
         /// through [`StderrLogParser`], the lines after it); `None` means Debug.
         level: Option<Level>,
+        /// The line, verbatim.
         text: String,
     },
 }
@@ -965,6 +976,7 @@ pub struct StderrLogParser {
 }
 
 impl StderrLogParser {
+    /// A parser that has seen no panic yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -974,6 +986,8 @@ impl StderrLogParser {
         self.in_panic
     }
 
+    /// Parses one complete stderr line with go-plugin's rules; once a panic started, every
+    /// later plain line without a `[LEVEL]` prefix is an Error.
     pub fn parse(&mut self, line: &str) -> LogLine {
         match parse_line(line) {
             LogLine::Plain { level, text } => {

@@ -2,6 +2,12 @@
 //! v1.8.0 (spec: go-plugin-wire.md). The plugin role is [`Server`], the host role [`Client`];
 //! self-re-exec is [`reexec`].
 
+#![warn(missing_docs)]
+// Unsafe code only where a system call has no safe wrapper, in the modules allowed below (and in
+// `nomad/`, each module that needs it), every block with its `// SAFETY:` reason.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod broker;
 pub mod client;
 pub mod controller;
@@ -11,6 +17,8 @@ pub mod fuzzing;
 pub(crate) mod gojson;
 pub mod handshake;
 pub mod hclog;
+#[cfg(unix)]
+#[allow(unsafe_code)] // pre_exec and close_range(2), which nix does not wrap
 pub(crate) mod inherit;
 pub mod mux;
 #[cfg(all(feature = "nomad", target_os = "linux"))]
@@ -23,6 +31,15 @@ pub mod stdio;
 pub mod tls;
 mod tls_accept;
 pub mod transport;
+
+/// The largest gRPC message go-plugin's Go peers send and accept (`math.MaxInt32` bytes, spec
+/// go-plugin-wire.md §7.3), the default limit both roles here set on the services and clients
+/// they build. tonic's own default for decoding is 4 MiB and is set per generated server or
+/// client, so apply the limit to yours too: `KvServer::new(kv)` with
+/// `.max_decoding_message_size(s.max_message_size())` in [`Services`], `KvClient::new(channel)`
+/// with `.max_decoding_message_size(client.max_message_size())` on a [`Client`]'s channel.
+/// [`Server::max_message_size`] and [`ClientBuilder::max_message_size`] change it.
+pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 
 pub use broker::{Broker, BrokerError};
 pub use client::{Client, ClientBuilder, ClientError, Exit};

@@ -3,17 +3,21 @@
 //! are dispatched before anything else; the rest is a small CLI: the standalone agent
 //! (`run`, `status`, `logs`, `stop`, `exec`) and two go-plugin helpers.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "examples")]
 #[path = "../examples/kv_plugin.rs"]
 mod kv_plugin;
 
 /// Plugins this binary can be re-executed as (`goplugin NAME ...`), dispatched before the CLI.
 const ENTRIES: &[goplugin::reexec::Entry] = &[
+    #[cfg(feature = "examples")]
     goplugin::reexec::Entry::new("kv-plugin", |_| kv_plugin::run()),
     #[cfg(all(feature = "nomad", target_os = "linux"))]
     goplugin::reexec::Entry::new("logmon", |_| goplugin::nomad::logmon::run()),

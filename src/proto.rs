@@ -1,33 +1,43 @@
-//! Generated gRPC code for go-plugin's internal services and the example contracts.
-//! The `.proto` sources under `proto/` are ours, wire-identical to upstream (spec §7).
+//! Generated gRPC code for go-plugin's internal services, and (features `examples` and `nomad`)
+//! for go-plugin's example contracts and Nomad's helper and driver services. The `.proto`
+//! sources under `proto/` are ours, wire-identical to upstream (spec §7).
 
 /// go-plugin's internal services: `plugin.GRPCBroker`, `plugin.GRPCController`, `plugin.GRPCStdio`.
 pub mod plugin {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(env!("OUT_DIR"), "/plugin/plugin.rs"));
 }
 
 /// go-plugin's `examples/grpc` contract: `proto.KV`.
+#[cfg(feature = "examples")]
 pub mod kv {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(env!("OUT_DIR"), "/kv/proto.rs"));
 }
 
 /// go-plugin's `examples/bidirectional` contract: `proto.Counter` and `proto.AddHelper`.
+#[cfg(feature = "examples")]
 pub mod counter {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(env!("OUT_DIR"), "/counter/proto.rs"));
 }
 
 /// go-plugin's test contract (`test/grpc`): `grpctest.Test` and `grpctest.PingPong`.
+#[cfg(feature = "examples")]
 pub mod grpctest {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(env!("OUT_DIR"), "/grpctest/grpctest.rs"));
 }
 
 /// Nomad's `hashicorp.nomad.client.logmon.proto.LogMon`.
+#[cfg(feature = "nomad")]
 pub mod logmon {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(
         env!("OUT_DIR"),
         "/nomad/hashicorp.nomad.client.logmon.proto.rs"
@@ -36,8 +46,10 @@ pub mod logmon {
 
 /// Nomad's driver proto (`hashicorp.nomad.plugins.drivers.proto`): the `Driver` service and
 /// its messages, which the executor shares.
+#[cfg(feature = "nomad")]
 pub mod drivers {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(
         env!("OUT_DIR"),
         "/nomad/hashicorp.nomad.plugins.drivers.proto.rs"
@@ -45,8 +57,10 @@ pub mod drivers {
 }
 
 /// Nomad's `hashicorp.nomad.plugins.executor.proto.Executor`.
+#[cfg(feature = "nomad")]
 pub mod executor {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(
         env!("OUT_DIR"),
         "/nomad_executor/hashicorp.nomad.plugins.executor.proto.rs"
@@ -54,8 +68,10 @@ pub mod executor {
 }
 
 /// Nomad's base plugin service `hashicorp.nomad.plugins.base.proto.BasePlugin`.
+#[cfg(feature = "nomad")]
 pub mod base {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(
         env!("OUT_DIR"),
         "/nomad/hashicorp.nomad.plugins.base.proto.rs"
@@ -63,8 +79,10 @@ pub mod base {
 }
 
 /// Nomad's HCL schema messages (`hashicorp.nomad.plugins.shared.hclspec`).
+#[cfg(feature = "nomad")]
 pub mod hclspec {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(
         env!("OUT_DIR"),
         "/nomad_shared/hashicorp.nomad.plugins.shared.hclspec.rs"
@@ -73,8 +91,10 @@ pub mod hclspec {
 
 /// Nomad's shared plugin structs (`hashicorp.nomad.plugins.shared.structs`): attributes and the
 /// recoverable-error detail.
+#[cfg(feature = "nomad")]
 pub mod structs {
-    #![allow(missing_docs, clippy::all)]
+    // Comments of the .proto files, not written as rustdoc (`<task>` is not an HTML tag).
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
     include!(concat!(
         env!("OUT_DIR"),
         "/nomad_shared/hashicorp.nomad.plugins.shared.structs.rs"

@@ -92,6 +92,7 @@ type OnServing = Box<dyn FnOnce(&HandshakeLine) + Send>;
 pub struct Services {
     routes: RoutesBuilder,
     broker: Broker,
+    max_message_size: usize,
 }
 
 impl Services {
@@ -114,6 +115,15 @@ impl Services {
     pub fn broker(&self) -> Broker {
         self.broker.clone()
     }
+
+    /// The server's message-size limit ([`crate::MAX_MESSAGE_SIZE`] unless
+    /// [`Server::max_message_size`] changed it), for the generated servers you add: tonic sets
+    /// limits per service, so without
+    /// `KvServer::new(kv).max_decoding_message_size(s.max_message_size())` a service decodes at
+    /// most tonic's 4 MiB where a Go host sends up to 2 GiB.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
 }
 
 /// A go-plugin plugin server. Build it with the handshake and the service sets, then `serve`.
@@ -124,6 +134,7 @@ pub struct Server {
     listen: Option<ListenConfig>,
     shutdown_grace: Duration,
     on_serving: Option<OnServing>,
+    max_message_size: usize,
 }
 
 impl Server {
@@ -138,6 +149,7 @@ impl Server {
             listen: None,
             shutdown_grace: Duration::from_secs(1),
             on_serving: None,
+            max_message_size: crate::MAX_MESSAGE_SIZE,
         }
     }
 
@@ -166,6 +178,15 @@ impl Server {
     /// Runs `f` right after the handshake line went out (the host may already be connecting).
     pub fn on_serving(mut self, f: impl FnOnce(&HandshakeLine) + Send + 'static) -> Self {
         self.on_serving = Some(Box::new(f));
+        self
+    }
+
+    /// The largest message the internal services send and accept, and what
+    /// [`Services::max_message_size`] hands to yours; [`crate::MAX_MESSAGE_SIZE`] (2^31-1, what a
+    /// Go host sends and accepts) by default. A Go plugin server keeps grpc-go's 4 MiB receive
+    /// limit (spec go-plugin-wire.md P19); ours accepts what a Go host may send.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
         self
     }
 
@@ -213,7 +234,7 @@ impl Server {
             multiplexed,
             shutdown.clone(),
         );
-        let routes = build_routes(register, &broker, &shutdown).await;
+        let routes = build_routes(register, &broker, &shutdown, self.max_message_size).await;
 
         let line = HandshakeLine {
             core_version: CORE_PROTOCOL_VERSION,
@@ -266,6 +287,7 @@ fn check_cookie(h: &HandshakeConfig) {
 }
 
 /// Go plugins ignore SIGINT so that a Ctrl-C in the host's terminal does not kill them (§2.3).
+#[cfg(unix)]
 fn ignore_sigint() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
         Ok(mut sig) => {
@@ -279,6 +301,16 @@ fn ignore_sigint() {
         }
         Err(e) => tracing::debug!("cannot install SIGINT handler: {e}"),
     }
+}
+
+/// Go plugins ignore Ctrl-C (§2.3); a registered handler keeps Windows from ending the process.
+#[cfg(not(unix))]
+fn ignore_sigint() {
+    tokio::spawn(async {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            tracing::trace!("plugin received interrupt signal, ignoring");
+        }
+    });
 }
 
 /// AutoMTLS when the host sent `PLUGIN_CLIENT_CERT` (§6): our identity and the TLS configs.
@@ -297,6 +329,7 @@ async fn build_routes(
     register: ServiceSet,
     broker: &Broker,
     shutdown: &CancellationToken,
+    limit: usize,
 ) -> Routes {
     // The reporter starts with "" SERVING; go-plugin hosts check "plugin".
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -306,15 +339,30 @@ async fn build_routes(
     let mut services = Services {
         routes: RoutesBuilder::default(),
         broker: broker.clone(),
+        max_message_size: limit,
     };
     register(&mut services);
     services
-        .add_service(health_service)
-        .add_service(GrpcControllerServer::new(ControllerService::new(
-            shutdown.clone(),
-        )))
-        .add_service(GrpcStdioServer::new(StdioService::new(shutdown.clone())))
-        .add_service(GrpcBrokerServer::new(BrokerService::new(broker.clone())));
+        .add_service(
+            health_service
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            GrpcControllerServer::new(ControllerService::new(shutdown.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            GrpcStdioServer::new(StdioService::new(shutdown.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            GrpcBrokerServer::new(BrokerService::new(broker.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        );
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         shutdown.cancelled().await;

@@ -13,10 +13,14 @@
 //! example's `PrintStdio`). Once no server serves any more (after `Shutdown`) nothing will ever
 //! read the capture: from then on it is dropped instead of held, so every writer, also one stuck
 //! on a worker, gets going again and the plugin can exit.
+//!
+//! The capture is Unix-only: elsewhere (Windows) [`capture`] does nothing, output goes straight
+//! to the host's pipes and `StreamStdio` answers `UNAVAILABLE`, so part of the bookkeeping below
+//! is unused there.
+#![cfg_attr(not(unix), allow(dead_code))]
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
@@ -107,14 +111,13 @@ pub enum StdioError {
 }
 
 struct Captured {
-    original_stdout: OwnedFd,
+    original_stdout: File,
     stdout_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<StdioData>>>,
     stderr_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<StdioData>>>,
     stderr_attached: Arc<AtomicBool>,
 }
 
 static CAPTURE: OnceLock<Result<Captured, String>> = OnceLock::new();
-static START: Mutex<()> = Mutex::new(());
 /// The one dup of the real fd 2 that every logger and the stderr tee share, taken before the
 /// capture moves fd 2 (one descriptor where three copies once sat open).
 static REAL_STDERR: Mutex<Option<Arc<File>>> = Mutex::new(None);
@@ -139,11 +142,24 @@ fn real_stderr() -> io::Result<OriginalStderr> {
     if let Some(f) = slot.as_ref() {
         return Ok(OriginalStderr(f.clone()));
     }
-    let file = Arc::new(File::from(io::stderr().as_fd().try_clone_to_owned()?));
+    let file = Arc::new(dup_stderr()?);
     *slot = Some(file.clone());
     Ok(OriginalStderr(file))
 }
 
+#[cfg(unix)]
+fn dup_stderr() -> io::Result<File> {
+    use std::os::fd::AsFd;
+    Ok(File::from(io::stderr().as_fd().try_clone_to_owned()?))
+}
+
+#[cfg(windows)]
+fn dup_stderr() -> io::Result<File> {
+    use std::os::windows::io::AsHandle;
+    Ok(File::from(io::stderr().as_handle().try_clone_to_owned()?))
+}
+
+#[cfg(unix)]
 fn redirect_err(what: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
     move |e| StdioError::Redirect {
         what,
@@ -153,7 +169,10 @@ fn redirect_err(what: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
 
 /// Moves fd 1 and fd 2 onto pipes, once per process; later calls do nothing. Call it first thing
 /// in `main` if the plugin may print before [`crate::Server::serve`] (which calls it too).
+/// Does nothing where there is no capture (not Unix).
+#[cfg(unix)]
 pub fn capture() -> Result<(), StdioError> {
+    static START: Mutex<()> = Mutex::new(());
     let _guard = START.lock().unwrap_or_else(|p| p.into_inner());
     let result = CAPTURE.get_or_init(|| start_capture().map_err(|e| e.to_string()));
     result
@@ -165,15 +184,31 @@ pub fn capture() -> Result<(), StdioError> {
         })
 }
 
+/// Moves fd 1 and fd 2 onto pipes, once per process; later calls do nothing. Call it first thing
+/// in `main` if the plugin may print before [`crate::Server::serve`] (which calls it too).
+/// Does nothing where there is no capture (not Unix).
+#[cfg(not(unix))]
+pub fn capture() -> Result<(), StdioError> {
+    Ok(())
+}
+
+#[cfg(unix)]
 fn start_capture() -> Result<Captured, StdioError> {
+    use std::os::fd::AsFd;
     let _ = io::stdout().flush();
-    let original_stdout = dup_fd(1, "stdout")?;
+    let original_stdout = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| StdioError::Redirect {
+            what: "stdout",
+            source,
+        })?;
     let tee = real_stderr().map_err(|source| StdioError::Redirect {
         what: "stderr",
         source,
     })?;
-    let out_read = redirect(1, "stdout")?;
-    let err_read = redirect(2, "stderr")?;
+    let out_read = redirect("stdout", |w| nix::unistd::dup2_stdout(w))?;
+    let err_read = redirect("stderr", |w| nix::unistd::dup2_stderr(w))?;
     let (out_tx, out_rx) = mpsc::channel(DEPTH);
     let (err_tx, err_rx) = mpsc::channel(DEPTH);
     let stderr_attached = Arc::new(AtomicBool::new(false));
@@ -186,49 +221,32 @@ fn start_capture() -> Result<Captured, StdioError> {
         Some(stderr_attached.clone()),
     );
     Ok(Captured {
-        original_stdout,
+        original_stdout: File::from(original_stdout),
         stdout_rx: Arc::new(tokio::sync::Mutex::new(out_rx)),
         stderr_rx: Arc::new(tokio::sync::Mutex::new(err_rx)),
         stderr_attached,
     })
 }
 
-fn dup_fd(fd: i32, what: &'static str) -> Result<OwnedFd, StdioError> {
-    let borrowed = unsafe_borrow(fd);
-    borrowed
-        .try_clone_to_owned()
-        .map_err(|source| StdioError::Redirect { what, source })
-}
-
-/// fd 1 and 2 live for the whole process.
-fn unsafe_borrow(fd: i32) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: fds 1 and 2 are open for the life of the process (we only ever dup2 onto them).
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
-}
-
-/// Points `fd` at the write end of a new pipe; returns the read end.
-fn redirect(fd: i32, what: &'static str) -> Result<OwnedFd, StdioError> {
+/// Points fd 1 or 2 (`onto`: nix's `dup2_stdout` or `dup2_stderr`) at the write end of a new
+/// pipe; returns the read end.
+#[cfg(unix)]
+fn redirect(
+    what: &'static str,
+    onto: impl FnOnce(&std::os::fd::OwnedFd) -> nix::Result<()>,
+) -> Result<File, StdioError> {
     let (read, write) = nix::unistd::pipe().map_err(redirect_err(what))?;
     nix::fcntl::fcntl(
         &read,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(redirect_err(what))?;
-    let mut target = unsafe_owned(fd);
-    let res = nix::unistd::dup2(write.as_fd(), &mut target);
-    std::mem::forget(target);
-    res.map_err(redirect_err(what))?;
-    Ok(read)
-}
-
-fn unsafe_owned(fd: i32) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: only used as a dup2 target and then forgotten, never closed.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    onto(&write).map_err(redirect_err(what))?;
+    Ok(File::from(read))
 }
 
 fn spawn_pump(
-    read: OwnedFd,
+    mut pipe: File,
     channel: Channel,
     tx: mpsc::Sender<StdioData>,
     mut tee: Option<OriginalStderr>,
@@ -240,7 +258,6 @@ fn spawn_pump(
         .stack_size(64 * 1024)
         .spawn(move || {
             let mut serving = SERVING.subscribe();
-            let mut pipe = File::from(read);
             let mut buf = vec![0u8; CHUNK];
             loop {
                 let n = match pipe.read(&mut buf) {
@@ -278,7 +295,7 @@ pub fn write_handshake(line: &str) -> io::Result<()> {
     let text = format!("{line}\n");
     match CAPTURE.get() {
         Some(Ok(c)) => {
-            let mut f = File::from(c.original_stdout.try_clone()?);
+            let mut f = &c.original_stdout;
             f.write_all(text.as_bytes())?;
             f.flush()
         }

@@ -2,14 +2,21 @@
 //! `PLUGIN_UNIX_SOCKET_DIR` (or the temp dir) owned by `PLUGIN_UNIX_SOCKET_GROUP` with mode 0660,
 //! or loopback TCP within `PLUGIN_MIN_PORT`..`PLUGIN_MAX_PORT`. The same rules serve the main
 //! listener and every brokered one. Also the boxed connection type all of them produce.
+//!
+//! Unix sockets exist only on Unix; elsewhere (Windows) every listener is TCP, as go-plugin's is
+//! there, and dialing a `unix` address fails with [`TransportError::Dial`].
 
 use std::io;
-use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
 
 use crate::handshake::{env, Network};
 
@@ -168,6 +175,7 @@ impl ListenConfig {
 
     /// Opens a listener by these rules; it already accepts connections when this returns.
     pub fn listen(&self) -> Result<Listener, TransportError> {
+        #[cfg(unix)]
         if self.network == Network::Unix {
             match self.listen_unix() {
                 Err(TransportError::UnixBind { source, .. }) if unix_unsupported(&source) => {
@@ -179,6 +187,7 @@ impl ListenConfig {
         self.listen_tcp()
     }
 
+    #[cfg(unix)]
     fn listen_unix(&self) -> Result<Listener, TransportError> {
         let dir = self.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
         check_dir(&dir)?;
@@ -218,6 +227,7 @@ impl ListenConfig {
     }
 }
 
+#[cfg(unix)]
 fn unix_unsupported(e: &io::Error) -> bool {
     use nix::errno::Errno;
     matches!(
@@ -226,6 +236,7 @@ fn unix_unsupported(e: &io::Error) -> bool {
     )
 }
 
+#[cfg(unix)]
 fn check_dir(dir: &Path) -> Result<(), TransportError> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -241,6 +252,7 @@ fn check_dir(dir: &Path) -> Result<(), TransportError> {
 }
 
 /// Binds `plugin<random digits>` in `dir`, retrying on the rare name collision.
+#[cfg(unix)]
 fn bind_fresh_socket(dir: &Path) -> Result<(UnixListener, PathBuf), TransportError> {
     let mut last = None;
     for _ in 0..16 {
@@ -276,6 +288,7 @@ fn bind_tcp(port: u16) -> Result<TcpListener, TransportError> {
 }
 
 /// Resolves a group name or numeric gid (name first, as Go's `user.LookupGroup` then `LookupGroupId`).
+#[cfg(unix)]
 pub fn resolve_group(group: &str) -> Result<u32, TransportError> {
     if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
         return Ok(g.gid.as_raw());
@@ -290,6 +303,7 @@ pub fn resolve_group(group: &str) -> Result<u32, TransportError> {
     })
 }
 
+#[cfg(unix)]
 fn set_group_and_mode(path: &Path, gid: u32) -> Result<(), TransportError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| TransportError::SocketPermissions {
@@ -316,6 +330,7 @@ impl Drop for SocketFile {
 #[derive(Debug)]
 pub enum Listener {
     /// Unix socket and the guard of its file.
+    #[cfg(unix)]
     Unix {
         /// The socket.
         listener: UnixListener,
@@ -330,6 +345,7 @@ impl Listener {
     /// `unix` or `tcp`.
     pub fn network(&self) -> Network {
         match self {
+            #[cfg(unix)]
             Listener::Unix { .. } => Network::Unix,
             Listener::Tcp(_) => Network::Tcp,
         }
@@ -338,6 +354,7 @@ impl Listener {
     /// The address as it goes into a handshake line or a broker `ConnInfo`.
     pub fn address(&self) -> String {
         match self {
+            #[cfg(unix)]
             Listener::Unix { path, .. } => path.0.display().to_string(),
             Listener::Tcp(l) => l
                 .local_addr()
@@ -349,6 +366,7 @@ impl Listener {
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<Conn> {
         match self {
+            #[cfg(unix)]
             Listener::Unix { listener, .. } => Ok(Conn::new(listener.accept().await?.0)),
             Listener::Tcp(l) => {
                 let (s, _) = l.accept().await?;
@@ -367,7 +385,13 @@ pub async fn dial(network: Network, address: &str) -> Result<Conn, TransportErro
         source,
     };
     match network {
+        #[cfg(unix)]
         Network::Unix => Ok(Conn::new(UnixStream::connect(address).await.map_err(err)?)),
+        #[cfg(not(unix))]
+        Network::Unix => Err(err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "unix sockets are not supported on this platform",
+        ))),
         Network::Tcp => {
             let target = match address.strip_prefix(':') {
                 Some(port) => format!("127.0.0.1:{port}"),
@@ -465,6 +489,7 @@ impl tonic::transport::server::Connected for Conn {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn unix_socket_lands_in_dir_and_is_removed_on_drop() {
         let dir = tempfile::tempdir().unwrap();
@@ -490,6 +515,7 @@ mod tests {
         assert!(!Path::new(&addr).exists());
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn group_socket_gets_mode_0660_and_gid() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -507,6 +533,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn unknown_group_and_missing_dir_are_clear_errors() {
         let cfg = ListenConfig {

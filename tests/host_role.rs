@@ -417,3 +417,59 @@ async fn the_plugin_inherits_no_descriptor_of_the_host() {
     assert!(!fds.contains(&n), "fd {n} leaked into the plugin: {fds:?}");
     assert!(fds.contains(&0) && fds.contains(&2), "{fds:?}");
 }
+
+/// go-plugin's Go peers send and accept messages up to `math.MaxInt32` bytes (spec
+/// go-plugin-wire.md §7.3, P19); tonic's default decoding limit is 4 MiB. A 6 MiB value goes to
+/// the KV plugin (its server's limit) and comes back (the host's), over AutoMTLS; a client left
+/// at tonic's default refuses the same answer, which is why the limit is handed out.
+#[tokio::test]
+async fn messages_over_4_mib_cross_both_ways() {
+    use goplugin::proto::kv::kv_client::KvClient;
+    use goplugin::proto::kv::{GetRequest, PutRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(example("kv_plugin"));
+    cmd.current_dir(dir.path());
+    let client = Client::builder(cmd, HandshakeConfig::new("BASIC_PLUGIN", "hello"))
+        .auto_mtls(true)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(client.max_message_size(), goplugin::MAX_MESSAGE_SIZE);
+    let limit = client.max_message_size();
+    let mut kv = KvClient::new(client.channel())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let value: Vec<u8> = (0..6 << 20).map(|i| (i % 251) as u8).collect();
+    kv.put(PutRequest {
+        key: "big".into(),
+        value: value.clone(),
+    })
+    .await
+    .expect("a 6 MiB request within the plugin's limit");
+    let got = kv
+        .get(GetRequest { key: "big".into() })
+        .await
+        .expect("a 6 MiB answer within the host's limit")
+        .into_inner()
+        .value;
+    assert!(got.len() > value.len() && got.starts_with(&value));
+    let status = KvClient::new(client.channel())
+        .get(GetRequest { key: "big".into() })
+        .await
+        .expect_err("tonic's default limit is 4 MiB");
+    // tonic says OUT_OF_RANGE where grpc-go says RESOURCE_EXHAUSTED.
+    assert!(status.message().contains("4194304"), "{status}");
+    graceful(client.kill().await);
+}
+
+#[tokio::test]
+async fn the_message_size_knob_reaches_the_client() {
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .max_message_size(1 << 20)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(client.max_message_size(), 1 << 20);
+    client.ping().await.unwrap();
+    graceful(client.kill().await);
+}

@@ -3,12 +3,13 @@
 //! speak it, such as a real `nomad`), and reattaches to a detached task for `status`, `logs`,
 //! `stop` and `exec`.
 //!
-//! What it starts never outlives it unseen: an attached run has a watcher ([`watch`]) that stops
-//! the task and its helpers when `goplugin run` dies without doing so, and a detached task's
-//! `state.json` records the task's pid, start time and cgroups ([`record`]) so that `stop` and
-//! `status` kill it even when its executor is gone.
+//! What it starts never outlives it unseen: an attached run has a watcher (`agent::watch`) that
+//! stops the task and its helpers when `goplugin run` dies without doing so, and a detached
+//! task's `state.json` records the task's pid, start time and cgroups (`agent::record`) so that
+//! `stop` and `status` kill it even when its executor is gone.
 
 mod record;
+#[allow(unsafe_code)] // pre_exec for the watcher; SIG_IGN dispositions (nix marks signal() unsafe)
 mod watch;
 
 pub use record::{CgroupDir, TaskRecord};

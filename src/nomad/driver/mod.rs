@@ -17,6 +17,7 @@ pub mod isolation;
 pub mod msgpack;
 pub mod service;
 pub mod state;
+#[allow(unsafe_code)] // pre_exec of the helpers (fds 0-2 only)
 pub mod task;
 
 use std::collections::{HashMap, HashSet};

@@ -6,12 +6,14 @@
 pub mod cgroups;
 pub mod config;
 pub mod containment;
+#[allow(unsafe_code)] // pre_exec of exec'd commands, TIOCSWINSZ on the PTY
 mod exec_streaming;
 pub mod isolation;
 pub mod lookup;
 pub mod procstats;
 pub mod service;
 pub mod signals;
+#[allow(unsafe_code)] // pre_exec: what the task's child does between fork and exec
 pub mod spawn;
 
 use crate::proto::executor::executor_server::ExecutorServer;

@@ -1,6 +1,7 @@
 //! Nomad's per-task log collector, `nomad logmon` (spec nomad-executor-logmon.md §7): the same
 //! argv, handshake and gRPC service, so Nomad's client drives `goplugin logmon` as its own.
 
+#[allow(unsafe_code)] // tee(2) and the FIONREAD ioctl on the FIFO
 pub mod copier;
 pub mod rotator;
 pub mod service;

@@ -3,7 +3,7 @@
 //!
 //! Same file sets as Nomad's rotator on the spec's worked examples, with one documented
 //! difference: Nomad's size counter adds the cumulative bytes of a call on every loop iteration
-//! (its **[quirk]**), so a chunk that spans files makes it rotate early; we count each slice once,
+//! (its **quirk**), so a chunk that spans files makes it rotate early; we count each slice once,
 //! so our files are filled to the limit. Writes go straight to the file (no user-space buffer), so
 //! what the task printed is on disk as soon as it was read: nothing to flush on a timer.
 

@@ -13,10 +13,12 @@
 pub mod capabilities;
 pub mod cgroup;
 pub mod container;
+#[allow(unsafe_code)] // pre_exec of the stages, descriptors received by SCM_RIGHTS or passed in
 pub mod launcher;
 pub mod prepare;
 pub mod rootfs;
 pub mod spec;
+#[allow(unsafe_code)] // fds 3 and 4 as passed, prctl, TIOCSCTTY, dup2 onto 0-2 inside the container
 pub mod stage;
 pub mod users;
 

@@ -198,8 +198,8 @@ fn become_process(p: &ProcessSpec, sync: &OwnedFd) -> Result<std::convert::Infal
         errno,
     })?;
     credentials(p)?;
-    // SAFETY: prctl with integer arguments only.
     if p.parent_death_kill {
+        // SAFETY: prctl with integer arguments only.
         unsafe {
             nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL);
         }
