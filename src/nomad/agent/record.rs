@@ -123,29 +123,10 @@ pub fn kill_helper(cfg: &ReattachConfig) -> bool {
 /// a task it runs without a Nomad cgroup: `/goplugin/<digits>` (v1, per controller) and
 /// `/goplugin.slice/<digits>.scope` (v2).
 fn executor_made(raw: &str, root: &Path) -> Vec<CgroupDir> {
-    let mut out: Vec<CgroupDir> = Vec::new();
-    for line in raw.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if !is_own(path) {
-            continue;
-        }
-        let rel = path.trim_start_matches('/');
-        let (controller, dir) = if controllers.is_empty() {
-            (String::new(), root.join(rel))
-        } else if let Some(first) = controllers.split(',').next().filter(|c| !c.contains('=')) {
-            (first.to_string(), root.join(first).join(rel))
-        } else {
-            continue;
-        };
-        if !out.iter().any(|c| c.dir == dir) {
-            out.push(CgroupDir { controller, dir });
-        }
-    }
-    out
+    crate::nomad::executor::cgroups::dirs_in_proc_cgroup(raw, root, is_own)
+        .into_iter()
+        .map(|(controller, dir)| CgroupDir { controller, dir })
+        .collect()
 }
 
 fn is_own(path: &str) -> bool {

@@ -986,29 +986,10 @@ pub fn reap_orphans(task: &ProcessIdentity) {
 fn executor_made_cgroups(pid: u32) -> Vec<(String, PathBuf)> {
     let raw = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let root = Path::new(crate::nomad::executor::cgroups::CGROUP_ROOT);
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
-    for line in raw.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if !is_executor_made(path) {
-            continue;
-        }
-        let rel = path.trim_start_matches('/');
-        let (controller, dir) = if controllers.is_empty() {
-            (String::new(), root.join(rel))
-        } else if let Some(first) = controllers.split(',').next().filter(|c| !c.contains('=')) {
-            (first.to_string(), root.join(first).join(rel))
-        } else {
-            continue;
-        };
-        if dir.join("cgroup.procs").exists() && !out.iter().any(|(_, d)| *d == dir) {
-            out.push((controller, dir));
-        }
-    }
-    out
+    let mut dirs =
+        crate::nomad::executor::cgroups::dirs_in_proc_cgroup(&raw, root, is_executor_made);
+    dirs.retain(|(_, d)| d.join("cgroup.procs").exists());
+    dirs
 }
 
 /// `/nomad/<uuid>` (1.6 basic cgroup), `/goplugin/<pid>`, `/goplugin.slice/<pid>.scope`.

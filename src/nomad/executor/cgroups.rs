@@ -531,6 +531,39 @@ impl TaskCgroup {
     }
 }
 
+/// The (controller, directory) pairs among the lines of a `/proc/PID/cgroup` text (`raw`) whose
+/// path `keep` accepts, as directories under `root`: the first real controller of a v1 line
+/// (named hierarchies such as `name=systemd` skipped), "" for the v2 line; each directory once.
+pub fn dirs_in_proc_cgroup(
+    raw: &str,
+    root: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for line in raw.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if !keep(path) {
+            continue;
+        }
+        let rel = path.trim_start_matches('/');
+        let (controller, dir) = if controllers.is_empty() {
+            (String::new(), root.join(rel))
+        } else if let Some(first) = controllers.split(',').next().filter(|c| !c.contains('=')) {
+            (first.to_string(), root.join(first).join(rel))
+        } else {
+            continue;
+        };
+        if !out.iter().any(|(_, d)| *d == dir) {
+            out.push((controller, dir));
+        }
+    }
+    out
+}
+
 /// A v1 cpuset cgroup starts with empty `cpuset.cpus`/`cpuset.mems`, and no task can join it
 /// until they are set: copy them from the parent, walking up while a parent is empty too.
 fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
