@@ -6,16 +6,17 @@
 
 mod common;
 
+use common::exec_stream;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use goplugin::nomad;
-use goplugin::proto::drivers::exec_task_streaming_request::{Setup, TerminalSize};
 use goplugin::proto::drivers::{
     AllocatedCpuResources, AllocatedMemoryResources, AllocatedTaskResources, Device,
-    ExecTaskStreamingIoOperation, ExecTaskStreamingRequest, LinuxResources, Mount, Resources,
+    LinuxResources, Mount, Resources,
 };
 use goplugin::proto::executor::executor_client::ExecutorClient;
 use goplugin::proto::executor::*;
@@ -612,17 +613,6 @@ async fn task_dies_with_a_killed_executor() {
     }
 }
 
-fn setup_msg(command: &[&str], tty: bool) -> ExecTaskStreamingRequest {
-    ExecTaskStreamingRequest {
-        setup: Some(Setup {
-            task_id: String::new(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            tty,
-        }),
-        ..Default::default()
-    }
-}
-
 /// `Exec` (script checks) and `ExecStreamingConformanceTests` inside the container: the
 /// command sees the chroot, the task's PID namespace, user and capabilities; pipes carry
 /// stdout, stderr and the exit code; a PTY made inside honours resizes.
@@ -673,91 +663,41 @@ async fn exec_and_exec_streaming_enter_the_container() {
     assert!(e.message().contains("deadline exceeded"), "{e:?}");
 
     // Pipes.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(setup_msg(
-        &[
-            "/bin/sh",
-            "-c",
-            "echo hello stdout; echo hello stderr >&2; cat; exit 43",
+    let out = exec_stream::run(
+        &mut exec,
+        vec![
+            exec_stream::setup(
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "echo hello stdout; echo hello stderr >&2; cat; exit 43",
+                ],
+                false,
+            ),
+            exec_stream::stdin(b"piped in\n", true),
         ],
-        false,
-    ))
-    .await
-    .unwrap();
-    tx.send(ExecTaskStreamingRequest {
-        stdin: Some(ExecTaskStreamingIoOperation {
-            data: b"piped in\n".to_vec(),
-            close: true,
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = exec
-        .exec_streaming(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
-    while let Some(msg) = stream.next().await {
-        let msg = msg.unwrap();
-        if let Some(o) = msg.stdout {
-            stdout.extend(o.data);
-        }
-        if let Some(e) = msg.stderr {
-            stderr.extend(e.data);
-        }
-        if msg.exited {
-            code = msg.result.map(|r| r.exit_code);
-        }
-    }
-    drop(tx);
-    assert_eq!(String::from_utf8_lossy(&stdout), "hello stdout\npiped in\n");
-    assert_eq!(String::from_utf8_lossy(&stderr), "hello stderr\n");
-    assert_eq!(code, Some(43));
+    )
+    .await;
+    assert_eq!(out.stdout, "hello stdout\npiped in\n");
+    assert_eq!(out.stderr, "hello stderr\n");
+    assert_eq!(out.code, Some(43));
 
     // A PTY from the container's own devpts.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(setup_msg(
-        &["/bin/sh", "-c", "tty; sleep 1; stty size"],
-        true,
-    ))
-    .await
-    .unwrap();
-    for (w, h) in [(50, 40), (100, 100)] {
-        tx.send(ExecTaskStreamingRequest {
-            tty_size: Some(TerminalSize {
-                height: h,
-                width: w,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    let mut stream = exec
-        .exec_streaming(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let (mut out, mut code) = (Vec::new(), None);
-    while let Some(msg) = stream.next().await {
-        let msg = msg.unwrap();
-        if let Some(o) = msg.stdout {
-            out.extend(o.data);
-        }
-        if msg.exited {
-            code = msg.result.map(|r| r.exit_code);
-        }
-    }
-    drop(tx);
-    let text = String::from_utf8_lossy(&out);
+    let out = exec_stream::run(
+        &mut exec,
+        vec![
+            exec_stream::setup(&["/bin/sh", "-c", "tty; sleep 1; stty size"], true),
+            exec_stream::resize(50, 40),
+            exec_stream::resize(100, 100),
+        ],
+    )
+    .await;
     assert!(
-        text.starts_with("/dev/pts/0\r\n"),
-        "the container's first pty: {text:?}"
+        out.stdout.starts_with("/dev/pts/0\r\n"),
+        "the container's first pty: {out:?}"
     );
-    assert!(text.contains("100 100\r\n"), "{text:?}");
-    assert_eq!(code, Some(0));
+    assert!(out.stdout.contains("100 100\r\n"), "{out:?}");
+    assert_eq!(out.code, Some(0));
     exec.shutdown(ShutdownRequest::default()).await.unwrap();
     assert!(nomad_dirs(&t).is_empty());
     client.kill().await;

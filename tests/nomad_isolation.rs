@@ -8,18 +8,18 @@
 
 mod common;
 
+use common::exec_stream;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::nomad::{reference, Generation, Impl, Reference, RUST_BIN};
-use futures::StreamExt;
 use goplugin::nomad;
-use goplugin::proto::drivers::exec_task_streaming_request::{Setup, TerminalSize};
 use goplugin::proto::drivers::{
-    AllocatedCpuResources, AllocatedMemoryResources, AllocatedTaskResources,
-    ExecTaskStreamingIoOperation, ExecTaskStreamingRequest, LinuxResources, Resources,
+    AllocatedCpuResources, AllocatedMemoryResources, AllocatedTaskResources, LinuxResources,
+    Resources,
 };
 use goplugin::proto::executor::executor_client::ExecutorClient;
 use goplugin::proto::executor::*;
@@ -334,12 +334,6 @@ async fn what_a_task_sees_inside_matches() {
             cgroup_lines,
             mount_view(&section("mounts")),
         );
-        let memory_limit = side
-            .cgroup_dirs()
-            .iter()
-            .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
-            .map(|d| std::fs::read_to_string(d.join("memory.limit_in_bytes")).unwrap_or_default());
-        let _ = memory_limit;
         seen.push((side.which.name(), view));
         side.end().await;
     }
@@ -455,53 +449,6 @@ async fn limits_oom_and_cgroup_cleanup_match() {
     }
 }
 
-fn setup(command: &[&str], tty: bool) -> ExecTaskStreamingRequest {
-    ExecTaskStreamingRequest {
-        setup: Some(Setup {
-            task_id: String::new(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            tty,
-        }),
-        ..Default::default()
-    }
-}
-
-async fn stream(
-    exec: &mut ExecutorClient<Channel>,
-    msgs: Vec<ExecTaskStreamingRequest>,
-) -> (String, String, Option<i32>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    for m in msgs {
-        tx.send(m).await.unwrap();
-    }
-    let mut s = exec
-        .exec_streaming(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
-    while let Some(Ok(msg)) = tokio::time::timeout(Duration::from_secs(20), s.next())
-        .await
-        .expect("stream ends")
-    {
-        if let Some(o) = msg.stdout {
-            out.extend(o.data);
-        }
-        if let Some(e) = msg.stderr {
-            err.extend(e.data);
-        }
-        if msg.exited {
-            code = msg.result.map(|r| r.exit_code);
-        }
-    }
-    drop(tx);
-    (
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-        code,
-    )
-}
-
 /// `ExecTaskStreamingConformanceTests` and script checks (`Exec`) inside the chroot: the same
 /// answers from both, with and without a PTY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,10 +471,10 @@ async fn exec_and_exec_streaming_inside_match() {
             .await
             .unwrap_or_else(|e| panic!("{} Exec: {e}", side.which.name()))
             .into_inner();
-        let pipes = stream(
+        let pipes = exec_stream::run(
             &mut side.exec,
             vec![
-                setup(
+                exec_stream::setup(
                     &[
                         "/bin/sh",
                         "-c",
@@ -535,34 +482,16 @@ async fn exec_and_exec_streaming_inside_match() {
                     ],
                     false,
                 ),
-                ExecTaskStreamingRequest {
-                    stdin: Some(ExecTaskStreamingIoOperation {
-                        data: b"typed\n".to_vec(),
-                        close: true,
-                    }),
-                    ..Default::default()
-                },
+                exec_stream::stdin(b"typed\n", true),
             ],
         )
         .await;
-        let tty = stream(
+        let tty = exec_stream::run(
             &mut side.exec,
             vec![
-                setup(&["/bin/sh", "-c", "tty; sleep 1; stty size; id -u"], true),
-                ExecTaskStreamingRequest {
-                    tty_size: Some(TerminalSize {
-                        height: 50,
-                        width: 40,
-                    }),
-                    ..Default::default()
-                },
-                ExecTaskStreamingRequest {
-                    tty_size: Some(TerminalSize {
-                        height: 100,
-                        width: 100,
-                    }),
-                    ..Default::default()
-                },
+                exec_stream::setup(&["/bin/sh", "-c", "tty; sleep 1; stty size; id -u"], true),
+                exec_stream::resize(40, 50),
+                exec_stream::resize(100, 100),
             ],
         )
         .await;
@@ -580,15 +509,15 @@ async fn exec_and_exec_streaming_inside_match() {
     assert_eq!(go.1, rust.1, "Exec output");
     assert_eq!(go.3, rust.3, "ExecStreaming on pipes");
     assert_eq!(
-        go.4 .0.lines().next(),
-        rust.4 .0.lines().next(),
+        go.4.stdout.lines().next(),
+        rust.4.stdout.lines().next(),
         "the PTY inside"
     );
-    assert!(rust.4 .0.contains("100 100\r\n"), "{:?}", rust.4);
-    assert_eq!(go.4 .2, rust.4 .2, "PTY exit code");
-    eprintln!(
-        "Exec uid: Nomad {:?} / goplugin {:?}",
-        go.4 .0.lines().last(),
-        rust.4 .0.lines().last()
+    assert!(rust.4.stdout.contains("100 100\r\n"), "{:?}", rust.4);
+    assert_eq!(go.4.code, rust.4.code, "PTY exit code");
+    assert_eq!(
+        go.4.stdout.lines().last(),
+        rust.4.stdout.lines().last(),
+        "ExecStreaming's uid (the task's user in both)"
     );
 }

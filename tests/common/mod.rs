@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chroot;
+pub mod exec_stream;
 pub mod faults;
 pub mod go;
 pub mod nomad;

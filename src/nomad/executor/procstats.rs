@@ -25,7 +25,8 @@ pub struct StatsTracker {
     previous: HashMap<u32, Sample>,
 }
 
-fn ticks_per_second() -> f64 {
+/// Clock ticks per second (`CLK_TCK`), the unit of `/proc` and cpuacct CPU times.
+pub(crate) fn ticks_per_second() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

@@ -266,7 +266,7 @@ impl CgroupStats {
                 let stat = acct
                     .map(|d| keyed(d.join("cpuacct.stat")))
                     .unwrap_or_default();
-                let ns_per_tick = 1e9 / ticks_per_second();
+                let ns_per_tick = 1e9 / crate::nomad::executor::procstats::ticks_per_second();
                 let ticks =
                     |k: &str| (stat.get(k).copied().unwrap_or(0) as f64 * ns_per_tick) as u64;
                 let cpu = cg
@@ -331,11 +331,4 @@ impl CgroupStats {
         });
         stats
     }
-}
-
-fn ticks_per_second() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
 }
