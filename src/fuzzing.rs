@@ -107,3 +107,10 @@ pub fn logmon_indices(
 pub fn agent_log_indices(dir: &Path, base: &str) -> Vec<u64> {
     crate::nomad::agent::indices(dir, base)
 }
+
+/// What the gRPC server reads of a client connection that sent `data`, read `chunk` bytes at a
+/// time through the `:authority` repair (`src/h2_authority.rs`); `Err` is the error the
+/// connection ends with.
+pub fn h2_authority_repair(data: &[u8], chunk: usize) -> std::io::Result<Vec<u8>> {
+    crate::h2_authority::read_all_through_repair(data, chunk)
+}

@@ -15,6 +15,7 @@ pub mod controller;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod gojson;
+pub(crate) mod h2_authority;
 pub mod handshake;
 pub mod hclog;
 #[cfg(unix)]

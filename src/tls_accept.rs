@@ -2,7 +2,9 @@
 //! brokered listeners hand every connection to the AutoMTLS handshake, bounded in time and in
 //! number. go-plugin hosts finish the handshake within milliseconds of connecting; a peer that
 //! connects and says nothing (or too slowly) would otherwise hold a descriptor until it leaves,
-//! and enough of them exhaust the plugin's descriptors and lock every host out.
+//! and enough of them exhaust the plugin's descriptors and lock every host out. Every connection
+//! ready for gRPC goes through [`AuthorityRepair`] (h2_authority.rs), so a gRPC core host's
+//! unix-socket authority is accepted as grpc-go accepts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::h2_authority::AuthorityRepair;
 use crate::tls::MtlsConfig;
 use crate::transport::Conn;
 
@@ -31,7 +34,7 @@ pub(crate) fn tls_incoming(
         let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
         while let Some(conn) = conns.next().await {
             let Some(tls) = &tls else {
-                if tx.send(Ok(conn)).await.is_err() {
+                if tx.send(Ok(ready(conn))).await.is_err() {
                     return;
                 }
                 continue;
@@ -49,7 +52,7 @@ pub(crate) fn tls_incoming(
                 drop(permit);
                 match accepted {
                     Ok(Ok(conn)) => {
-                        let _ = tx.send(Ok(conn)).await;
+                        let _ = tx.send(Ok(ready(conn))).await;
                     }
                     Ok(Err(e)) => tracing::debug!("TLS handshake with peer failed: {e}"),
                     Err(_) => tracing::debug!(
@@ -60,4 +63,9 @@ pub(crate) fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// A connection as the gRPC server reads it.
+fn ready(conn: Conn) -> Conn {
+    Conn::new(AuthorityRepair::new(conn))
 }
