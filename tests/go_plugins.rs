@@ -354,3 +354,47 @@ fn rust_example_hosts_drive_upstream_go_example_plugins() {
         );
     }
 }
+
+/// go-plugin's Go plugins send answers up to `math.MaxInt32` bytes (grpc-go's server default)
+/// and receive at most 4 MiB; our host takes the big answer with the limit it hands out
+/// (goplugin::MAX_MESSAGE_SIZE), and a 6 MiB request is refused by the Go plugin as it is for
+/// go-plugin's Go host (compat-tests TestMessagesOver4MiB shows the Go host's side).
+#[tokio::test]
+async fn rust_host_takes_answers_over_4_mib_from_a_go_plugin() {
+    use goplugin::proto::kv::kv_client::KvClient;
+    use goplugin::proto::kv::{GetRequest, PutRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let value: Vec<u8> = (0..6 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("kv_big"), &value).unwrap();
+    let mut cmd = Command::new(go_bins().join("kv-plugin-go"));
+    cmd.current_dir(dir.path());
+    let client = Client::builder(cmd, HandshakeConfig::new("BASIC_PLUGIN", "hello"))
+        .start()
+        .await
+        .unwrap();
+    let limit = client.max_message_size();
+    let mut kv = KvClient::new(client.channel())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let got = kv
+        .get(GetRequest { key: "big".into() })
+        .await
+        .expect("a 6 MiB answer from the Go plugin")
+        .into_inner()
+        .value;
+    assert!(
+        got == value,
+        "{} bytes back, {} written",
+        got.len(),
+        value.len()
+    );
+    let refused = kv
+        .put(PutRequest {
+            key: "big2".into(),
+            value,
+        })
+        .await
+        .expect_err("grpc-go's server receives at most 4 MiB");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    client.kill().await;
+}
