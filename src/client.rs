@@ -615,15 +615,9 @@ fn kill_pid(pid: u32) {
 
 fn reattach_network(network: &str) -> Result<Network, ClientError> {
     // Nomad persists Go's network names: unix, unixgram, unixpacket, tcp, tcp4, tcp6.
-    if network.starts_with("unix") {
-        Ok(Network::Unix)
-    } else if network.starts_with("tcp") {
-        Ok(Network::Tcp)
-    } else {
-        Err(ClientError::BadReattach(format!(
-            "network {network:?} is neither unix nor tcp"
-        )))
-    }
+    Network::parse_go(network).ok_or_else(|| {
+        ClientError::BadReattach(format!("network {network:?} is neither unix nor tcp"))
+    })
 }
 
 /// Polls a reattached process every second (Go's rate) and reports when it is gone; stops when

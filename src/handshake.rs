@@ -103,6 +103,15 @@ impl Network {
             _ => None,
         }
     }
+
+    /// Parses a Go network name as Nomad persists it in a reattach record (nomad-executor-logmon.md
+    /// §2.6: `unix*`, `tcp*`, e.g. `unixpacket`, `tcp4`): the wire spelling it starts with.
+    pub(crate) fn parse_go(s: &str) -> Option<Network> {
+        ["unix", "tcp"]
+            .into_iter()
+            .find(|wire| s.starts_with(wire))
+            .and_then(Network::parse)
+    }
 }
 
 impl fmt::Display for Network {
@@ -358,6 +367,21 @@ mod tests {
             multiplex: Some(true),
         };
         assert_eq!(line.to_string(), "1|1|unix|/tmp/plugin77|grpc||true");
+    }
+
+    #[test]
+    fn the_line_takes_wire_spellings_and_reattach_records_gos() {
+        assert_eq!(
+            Network::parse("tcp4"),
+            None,
+            "the line is strict, as go-plugin's"
+        );
+        for (go, wire) in [("unixpacket", Network::Unix), ("tcp6", Network::Tcp)] {
+            assert_eq!(Network::parse_go(go), Some(wire), "{go}");
+            assert_eq!(Network::parse_go(wire.as_str()), Some(wire));
+        }
+        assert_eq!(Network::parse_go("udp"), None);
+        assert_eq!(Network::parse_go(""), None);
     }
 
     #[test]

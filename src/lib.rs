@@ -24,6 +24,7 @@ pub(crate) mod inherit;
 pub mod mux;
 #[cfg(all(feature = "nomad", target_os = "linux"))]
 pub mod nomad;
+pub(crate) mod procfs;
 pub mod proto;
 pub mod reattach;
 pub mod reexec;

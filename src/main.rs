@@ -251,9 +251,35 @@ fn handshake(line: &str) -> ExitCode {
     }
 }
 
+/// The agent's terminal: the task's streams on ours, its notes as `goplugin: ` lines on stderr.
+/// Write errors (a closed pipe) are ignored, as a task's own writes would fail quietly.
+#[cfg(all(feature = "nomad", target_os = "linux"))]
+struct Console;
+
+#[cfg(all(feature = "nomad", target_os = "linux"))]
+impl goplugin::nomad::agent::Terminal for Console {
+    fn stdout(&self, bytes: &[u8]) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    }
+
+    fn stderr(&self, bytes: &[u8]) {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(bytes);
+    }
+
+    fn note(&self, note: goplugin::nomad::agent::RunNote) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "goplugin: {note}");
+    }
+}
+
 #[cfg(all(feature = "nomad", target_os = "linux"))]
 fn agent(cmd: Cmd) -> ExitCode {
     use goplugin::nomad::agent;
+    use std::sync::Arc;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -262,10 +288,12 @@ fn agent(cmd: Cmd) -> ExitCode {
         Err(e) => return fail(e),
     };
     let base = |dir: Option<PathBuf>| dir.unwrap_or_else(agent::default_base_dir);
+    let exit_code = |c: i32| ExitCode::from(c.clamp(0, 255) as u8);
     let code = |r: Result<i32, agent::AgentError>| match r {
-        Ok(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        Ok(c) => exit_code(c),
         Err(e) => fail(e),
     };
+    let terminal = || -> Arc<dyn agent::Terminal> { Arc::new(Console) };
     match cmd {
         Cmd::Run(a) => {
             if let Some(user) = &a.user {
@@ -299,11 +327,19 @@ fn agent(cmd: Cmd) -> ExitCode {
                 logmon_bin: a.logmon_bin,
                 command: a.command,
             };
-            code(runtime.block_on(agent::run(opts)))
+            match runtime.block_on(agent::run(opts, terminal())) {
+                Ok(outcome) => {
+                    if let agent::RunOutcome::Exited(exit) = &outcome {
+                        eprintln!("goplugin: {exit}");
+                    }
+                    exit_code(outcome.exit_code())
+                }
+                Err(e) => fail(e),
+            }
         }
         Cmd::Status(t) => match runtime.block_on(agent::status(&base(t.dir), &t.name)) {
-            Ok(line) => {
-                println!("{line}");
+            Ok(status) => {
+                println!("{status}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),
@@ -317,16 +353,26 @@ fn agent(cmd: Cmd) -> ExitCode {
             match agent::load_state(&dir, &task.name) {
                 Ok(state) => {
                     let stream = if stderr { "stderr" } else { "stdout" };
-                    runtime.block_on(agent::print_logs(state.log_dir, task.name, stream, follow));
+                    runtime.block_on(agent::print_logs(
+                        state.log_dir,
+                        task.name,
+                        stream,
+                        follow,
+                        terminal(),
+                    ));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
             }
         }
         Cmd::Stop(t) => code(runtime.block_on(agent::stop(&base(t.dir), &t.name))),
-        Cmd::Exec { task, command } => {
-            code(runtime.block_on(agent::exec(&base(task.dir), &task.name, command)))
-        }
+        Cmd::Exec { task, command } => code(runtime.block_on(agent::exec(
+            &base(task.dir),
+            &task.name,
+            command,
+            tokio::io::stdin(),
+            terminal(),
+        ))),
         Cmd::Handshake { .. } | Cmd::Cert => unreachable!("handled before"),
     }
 }

@@ -95,31 +95,14 @@ impl ProcessIdentity {
     }
 }
 
-fn stat_fields(pid: u32) -> Result<Vec<String>, String> {
-    let path = format!("/proc/{pid}/stat");
-    let raw =
-        std::fs::read_to_string(&path).map_err(|e| format!("no such process ({path}: {e})"))?;
-    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let after = raw
-        .rfind(')')
-        .map(|i| &raw[i + 1..])
-        .ok_or_else(|| format!("{path} is malformed"))?;
-    Ok(after.split_whitespace().map(str::to_string).collect())
-}
-
 fn start_ticks(pid: u32) -> Result<u64, String> {
-    // After the name: field 3 (state) is index 0, so field 22 (starttime) is index 19.
-    let fields = stat_fields(pid)?;
-    fields
-        .get(19)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(|| format!("/proc/{pid}/stat has no start time"))
+    crate::procfs::stat(pid)
+        .map(|st| st.start_ticks)
+        .map_err(|e| e.to_string())
 }
 
 fn is_zombie(pid: u32) -> bool {
-    stat_fields(pid)
-        .map(|f| f.first().map(String::as_str) == Some("Z"))
-        .unwrap_or(true)
+    crate::procfs::stat(pid).map_or(true, |st| st.is_zombie())
 }
 
 /// The host's identity and the plugin's certificate of an AutoMTLS session, so a new host can

@@ -7,16 +7,22 @@
 //! stops the task and its helpers when `goplugin run` dies without doing so, and a detached
 //! task's `state.json` records the task's pid, start time and cgroups (`agent::record`) so that
 //! `stop` and `status` kill it even when its executor is gone.
+//!
+//! It prints nothing itself: the task's output goes to the [`Terminal`] the caller passes in,
+//! and what it has to say comes back as values (`agent::terminal`) for the binary to print.
 
 mod record;
+mod terminal;
 #[allow(unsafe_code)] // pre_exec for the watcher; SIG_IGN dispositions (nix marks signal() unsafe)
 mod watch;
 
 pub use record::{CgroupDir, TaskRecord};
+pub use terminal::{RunNote, RunOutcome, TaskExit, TaskStatus, Terminal};
 pub use watch::{main as watch_main, ENTRY as WATCH_ENTRY};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -532,10 +538,14 @@ fn save_state(o: &RunOptions, t: &Running) -> Result<(), AgentError> {
         .map_err(|source| AgentError::StateWrite { path, source })
 }
 
-/// Runs the task; returns its exit code (128 + signal when killed by one), or 0 when detached.
-/// The binary must dispatch [`WATCH_ENTRY`] to [`watch_main`] (self-re-exec): the run's watcher
-/// is this binary re-executed.
-pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
+/// How long the end of an attached run waits for the task's last output to be written out.
+const LAST_OUTPUT: Duration = Duration::from_secs(5);
+
+/// Runs the task: an attached run writes its output to `terminal` until it ends and returns its
+/// exit code (128 + signal when killed by one); a detached one returns once it runs. The binary
+/// must dispatch [`WATCH_ENTRY`] to [`watch_main`] (self-re-exec): the run's watcher is this
+/// binary re-executed.
+pub async fn run(o: RunOptions, terminal: Arc<dyn Terminal>) -> Result<RunOutcome, AgentError> {
     let log_start = log_ends(&o.base_dir.join(&o.name).join("logs"), &o.name);
     // Before anything starts: a Ctrl-C from now on becomes the task's shutdown.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -556,12 +566,11 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
             return Err(e);
         }
     };
-    eprintln!(
-        "goplugin: task {} running as pid {}; logs in {}",
-        o.name,
-        t.pid,
-        t.log_dir.display()
-    );
+    terminal.note(RunNote::Running {
+        name: o.name.clone(),
+        pid: t.pid,
+        log_dir: t.log_dir.clone(),
+    });
     if o.detach {
         if let Err(e) = save_state(&o, &t) {
             // Nothing could find the task without its state: it does not stay.
@@ -570,7 +579,7 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
             return Err(e);
         }
         watcher.release(watch::Note::Detached).await;
-        return Ok(0);
+        return Ok(RunOutcome::Detached);
     }
     let logs_done = tokio_util::sync::CancellationToken::new();
     let follow = tokio::spawn(follow_logs(
@@ -578,6 +587,7 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
         o.name.clone(),
         log_start,
         logs_done.clone(),
+        terminal.clone(),
     ));
     let mut exec = ExecutorClient::new(t.executor.channel());
     let wait = exec.wait(WaitRequest {});
@@ -591,7 +601,11 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
             r = &mut wait => break r,
             _ = t.executor.wait() => break Err(tonic::Status::unavailable("executor exited")),
             _ = sigint.recv() => {
-                eprintln!("goplugin: stopping task {} ({} then SIGKILL after {:?})", o.name, o.kill_signal, o.kill_timeout);
+                terminal.note(RunNote::Stopping {
+                    name: o.name.clone(),
+                    signal: o.kill_signal.clone(),
+                    timeout: o.kill_timeout,
+                });
                 let _ = ExecutorClient::new(t.executor.channel()).shutdown(shutdown.clone()).await;
             }
             _ = sigterm.recv() => {
@@ -614,26 +628,26 @@ pub async fn run(o: RunOptions) -> Result<i32, AgentError> {
         .stop(StopRequest {})
         .await;
     logs_done.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), follow)
-        .await
-        .is_err()
-    {
-        eprintln!("goplugin: the task's last output could not be printed within 5 s");
+    if tokio::time::timeout(LAST_OUTPUT, follow).await.is_err() {
+        terminal.note(RunNote::OutputLate {
+            within: LAST_OUTPUT,
+        });
     }
     if let Err(s) = stopped {
         // A full disk: logmon gave up output it could not write, and says how much.
-        eprintln!("goplugin: logmon: {}", s.message());
+        terminal.note(RunNote::LogmonLost {
+            message: s.message().to_string(),
+        });
     }
     t.executor.kill().await;
     t.logmon.kill().await;
     watcher.release(watch::Note::Done).await;
     let code = outcome?.map_or(1, |s| s.exit_code);
-    eprintln!(
-        "goplugin: task {} exited with code {code}; logs in {}",
-        o.name,
-        t.log_dir.display()
-    );
-    Ok(code)
+    Ok(RunOutcome::Exited(TaskExit {
+        name: o.name.clone(),
+        code,
+        log_dir: t.log_dir.clone(),
+    }))
 }
 
 /// The executor's Wait failed: a call that failed while the executor lives is retried once it
@@ -680,14 +694,22 @@ async fn stop_running(t: &Running) {
     t.logmon.kill().await;
 }
 
-/// Prints one stream (`stdout` or `stderr`) of a task's logs; with `follow`, until interrupted.
-pub async fn print_logs(log_dir: PathBuf, name: String, stream: &str, follow: bool) {
+/// Writes one stream (`stdout` or `stderr`) of a task's logs to the same stream of `terminal`;
+/// with `follow`, until interrupted.
+pub async fn print_logs(
+    log_dir: PathBuf,
+    name: String,
+    stream: &str,
+    follow: bool,
+    terminal: Arc<dyn Terminal>,
+) {
     follow_stream(
         log_dir,
         format!("{name}.{stream}"),
         if follow { Follow::Forever } else { Follow::No },
         stream == "stdout",
         None,
+        terminal,
     )
     .await;
 }
@@ -727,13 +749,14 @@ impl Follow {
 }
 
 /// Follows a task's log files (`<name>.stdout.N`, `<name>.stderr.N`) from `from` (see
-/// [`log_ends`]), printing what is appended (checking every 50 ms) until `done` is cancelled,
-/// then what is left in them.
+/// [`log_ends`]), writing what is appended (checking every 50 ms) to `terminal` until `done` is
+/// cancelled, then what is left in them.
 async fn follow_logs(
     log_dir: PathBuf,
     name: String,
     from: [Option<(u64, u64)>; 2],
     done: tokio_util::sync::CancellationToken,
+    terminal: Arc<dyn Terminal>,
 ) {
     let out = tokio::spawn(follow_stream(
         log_dir.clone(),
@@ -741,6 +764,7 @@ async fn follow_logs(
         Follow::Until(done.clone()),
         true,
         from[0],
+        terminal.clone(),
     ));
     let err = tokio::spawn(follow_stream(
         log_dir,
@@ -748,6 +772,7 @@ async fn follow_logs(
         Follow::Until(done),
         false,
         from[1],
+        terminal,
     ));
     let _ = out.await;
     let _ = err.await;
@@ -767,8 +792,9 @@ async fn follow_stream(
     mode: Follow,
     stdout: bool,
     from: Option<(u64, u64)>,
+    terminal: Arc<dyn Terminal>,
 ) {
-    use std::io::{Read, Seek, Write};
+    use std::io::{Read, Seek};
     let mut current: Option<(u64, u64)> = from; // (index, offset)
     loop {
         // Decided before reading: what the files hold once `done` fired is read in full.
@@ -793,10 +819,9 @@ async fn follow_stream(
         }
         if !buf.is_empty() {
             if stdout {
-                let _ = std::io::stdout().write_all(&buf);
-                let _ = std::io::stdout().flush();
+                terminal.stdout(&buf);
             } else {
-                let _ = std::io::stderr().write_all(&buf);
+                terminal.stderr(&buf);
             }
         }
         let offset = offset + buf.len() as u64;
@@ -877,8 +902,8 @@ async fn kill_from_state(state: &TaskState) -> String {
     done.join(", ")
 }
 
-/// One line about a detached task: pid, memory and CPU.
-pub async fn status(base: &Path, name: &str) -> Result<String, AgentError> {
+/// A detached task's pids, memory and log directory.
+pub async fn status(base: &Path, name: &str) -> Result<TaskStatus, AgentError> {
     let (state, executor) = reattach_or_stale(base, name, Unanswered::Keep).await?;
     let mut exec = ExecutorClient::new(executor.channel());
     let mut stats = exec
@@ -894,15 +919,14 @@ pub async fn status(base: &Path, name: &str) -> Result<String, AgentError> {
         .as_ref()
         .and_then(|u| u.memory.as_ref())
         .map_or(0, |m| m.rss);
-    Ok(format!(
-        "task {} running: pid {}, executor pid {}, logmon pid {}, rss {:.1} MiB, logs in {}",
-        state.name,
-        state.pid,
-        state.executor.pid,
-        state.logmon.pid,
-        rss as f64 / (1 << 20) as f64,
-        state.log_dir.display()
-    ))
+    Ok(TaskStatus {
+        name: state.name,
+        pid: state.pid,
+        executor_pid: state.executor.pid,
+        logmon_pid: state.logmon.pid,
+        rss,
+        log_dir: state.log_dir,
+    })
 }
 
 /// Stops a detached task with its kill signal and timeout, then its helpers; returns its exit code.
@@ -933,9 +957,15 @@ pub async fn stop(base: &Path, name: &str) -> Result<i32, AgentError> {
     Ok(code)
 }
 
-/// Runs `command` in a detached task's context, with this process's stdin and output.
-pub async fn exec(base: &Path, name: &str, command: Vec<String>) -> Result<i32, AgentError> {
-    use std::io::Write;
+/// Runs `command` in a detached task's context with `input` as its stdin and its output written
+/// to `terminal`; returns its exit code.
+pub async fn exec(
+    base: &Path,
+    name: &str,
+    command: Vec<String>,
+    mut input: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+    terminal: Arc<dyn Terminal>,
+) -> Result<i32, AgentError> {
     use tokio::io::AsyncReadExt;
     let (_, executor) = reattach_or_stale(base, name, Unanswered::Keep).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -950,10 +980,9 @@ pub async fn exec(base: &Path, name: &str, command: Vec<String>) -> Result<i32, 
         })
         .await;
     tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 4096];
         loop {
-            let n = stdin.read(&mut buf).await.unwrap_or(0);
+            let n = input.read(&mut buf).await.unwrap_or(0);
             let op = ExecTaskStreamingIoOperation {
                 data: buf[..n].to_vec(),
                 close: n == 0,
@@ -977,11 +1006,10 @@ pub async fn exec(base: &Path, name: &str, command: Vec<String>) -> Result<i32, 
     let mut code = 1;
     while let Some(m) = out.message().await.map_err(rpc("exec"))? {
         if let Some(o) = m.stdout {
-            let _ = std::io::stdout().write_all(&o.data);
-            let _ = std::io::stdout().flush();
+            terminal.stdout(&o.data);
         }
         if let Some(e) = m.stderr {
-            let _ = std::io::stderr().write_all(&e.data);
+            terminal.stderr(&e.data);
         }
         if m.exited {
             code = m.result.map_or(1, |r| r.exit_code);

@@ -318,24 +318,11 @@ fn sweep_group() -> usize {
 
 /// The live (not zombie) processes of process group `pgid` other than this one.
 fn group_members(pgid: i32) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    rd.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    let me = std::process::id();
+    crate::procfs::pids()
+        .into_iter()
         .filter(|pid| *pid != me)
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // After the name: state (field 3) is index 0, pgrp (field 5) index 2.
-            let f: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or("", |(_, r)| r)
-                .split_whitespace()
-                .collect();
-            f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
-        })
+        .filter(|pid| crate::procfs::stat(*pid).is_ok_and(|st| !st.is_zombie() && st.pgrp == pgid))
+        .map(|pid| pid as i32)
         .collect()
 }

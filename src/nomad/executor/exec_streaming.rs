@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::cgroups::{self, CgroupMode};
-use super::service::{resolve_exec, task_command, Task};
 use super::signals::kill_pid;
+use super::task::{resolve_exec, task_command, Ended, Task};
 use crate::proto::drivers::exec_task_streaming_request::TerminalSize;
 use crate::proto::drivers::{
     ExecTaskStreamingIoOperation, ExecTaskStreamingRequest, ExecTaskStreamingResponse, ExitResult,
@@ -61,17 +61,6 @@ fn exited(code: i32) -> ExecTaskStreamingResponse {
     }
 }
 
-fn exit_code(status: std::io::Result<std::process::ExitStatus>) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(s) => s
-            .code()
-            .or_else(|| s.signal().map(|sig| 128 + sig))
-            .unwrap_or(-2),
-        Err(_) => -2,
-    }
-}
-
 /// Reads the setup message, starts the command and returns the response stream.
 pub(crate) async fn run(
     mut inbound: Streaming<ExecTaskStreamingRequest>,
@@ -88,7 +77,7 @@ pub(crate) async fn run(
     if let Some(t) = task.as_ref().filter(|t| t.container.is_some()) {
         return run_in_container(t, setup.command.clone(), setup.tty, inbound).await;
     }
-    let bin = resolve_exec(program, task.as_deref())?;
+    let bin = resolve_exec(program, task.as_deref()).map_err(unknown)?;
     let v2 = cgroups::detect_mode() == CgroupMode::V2;
     let (mut cmd, mut child_setup) = task_command(&bin, args, task.as_deref(), v2, true);
     let (tx, rx) = mpsc::channel(16);
@@ -223,7 +212,7 @@ async fn run_pipes(
             }
         }
     }
-    let code = exit_code(child.wait().await);
+    let code = Ended::of(child.wait().await).streaming_code();
     forward.abort();
     let _ = tx.send(Ok(exited(code))).await;
 }
@@ -312,5 +301,5 @@ async fn run_tty(
     let _ = tokio::time::timeout(Duration::from_millis(500), forwarder).await;
     forward.abort();
     let _ = tx.send(Ok(data(true, &[], true))).await;
-    let _ = tx.send(Ok(exited(exit_code(lead)))).await;
+    let _ = tx.send(Ok(exited(Ended::of(lead).streaming_code()))).await;
 }

@@ -15,6 +15,7 @@ pub mod service;
 pub mod signals;
 #[allow(unsafe_code)] // pre_exec: what the task's child does between fork and exec
 pub mod spawn;
+mod task;
 
 use crate::proto::executor::executor_server::ExecutorServer;
 use crate::Server;

@@ -1,6 +1,7 @@
 //! Task resource usage for `Stats` from `/proc` (spec nomad-executor-logmon.md §5.6, universal
 //! executor): the task's processes (its cgroup's, or the task pid and its descendants), per pid RSS,
-//! swap and CPU times, CPU percent from the change since the previous sample, and the sums.
+//! swap and CPU times (read by `crate::procfs`), CPU percent from the change since the previous
+//! sample, and the sums.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -40,30 +41,19 @@ fn page_size() -> u64 {
         .unwrap_or(4096) as u64
 }
 
-/// Fields of `/proc/PID/stat` after the command name (field 3 is index 0).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &raw[raw.rfind(')')? + 1..];
-    Some(after.split_whitespace().map(str::to_string).collect())
-}
-
 fn read_sample(pid: u32) -> Option<Sample> {
-    let f = stat_fields(pid)?;
+    let st = crate::procfs::stat(pid).ok()?;
     let hz = ticks_per_second();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime is field 14 (index 11), stime field 15 (index 12), rss pages field 24 (index 21).
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let swap_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSwap:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
+    // A kernel without swap accounting prints no VmSwap line: no swap.
+    let swap = crate::procfs::status_bytes(pid, "VmSwap")
+        .ok()
+        .flatten()
         .unwrap_or(0);
     Some(Sample {
-        user_s: num(11) / hz,
-        system_s: num(12) / hz,
-        rss: num(21) as u64 * page_size(),
-        swap: swap_kb * 1024,
+        user_s: st.utime as f64 / hz,
+        system_s: st.stime as f64 / hz,
+        rss: st.rss_pages * page_size(),
+        swap,
         at: Instant::now(),
     })
 }
@@ -71,18 +61,9 @@ fn read_sample(pid: u32) -> Option<Sample> {
 /// `root` and every descendant of it, from the parent pids in `/proc`.
 pub fn descendants(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.filter_map(Result::ok) {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
-                children.entry(ppid).or_default().push(pid);
-            }
+    for pid in crate::procfs::pids() {
+        if let Ok(st) = crate::procfs::stat(pid) {
+            children.entry(st.ppid).or_default().push(pid);
         }
     }
     let mut out = vec![root];

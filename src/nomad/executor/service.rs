@@ -2,7 +2,7 @@
 //! nomad-executor-logmon.md §4, §5): one task per executor process, launched once, waited on,
 //! signalled, measured and shut down with Nomad's semantics.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -17,11 +17,12 @@ use super::config::Compute;
 use super::containment::{self, Host};
 use super::exec_streaming;
 use super::isolation::cgroup::CgroupStats;
-use super::isolation::container::{self, Container};
+use super::isolation::container;
 use super::isolation::prepare;
-use super::procstats::{descendants, StatsTracker};
+use super::procstats::StatsTracker;
 use super::signals::{kill_group, kill_pid, parse_shutdown_signal};
-use super::spawn::{ChildSetup, Identity};
+use super::spawn::Identity;
+use super::task::{resolve_exec, running_state, task_command, watch_exit, Ended, Task};
 use super::{lookup, EXECUTOR_VERSION};
 use crate::proto::drivers::{ExecTaskStreamingRequest, ExecTaskStreamingResponse};
 use crate::proto::executor::executor_server::Executor;
@@ -31,45 +32,6 @@ use crate::proto::executor::*;
 const EXEC_OUTPUT_LIMIT: usize = 4096;
 /// How long `Shutdown` waits for the process after the final SIGKILL.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
-
-/// What a launched task keeps for the other RPCs.
-pub(crate) struct Task {
-    pub(crate) pid: u32,
-    pub(crate) env: Vec<String>,
-    pub(crate) cwd: PathBuf,
-    pub(crate) identity: Option<Identity>,
-    pub(crate) cgroup: Option<TaskCgroup>,
-    /// The container of an isolated task.
-    pub(crate) container: Option<Container>,
-    state: watch::Receiver<Option<ProcessState>>,
-}
-
-impl Task {
-    fn exited(&self) -> Option<ProcessState> {
-        *self.state.borrow()
-    }
-
-    async fn wait(&self) -> ProcessState {
-        let mut rx = self.state.clone();
-        loop {
-            if let Some(s) = *rx.borrow_and_update() {
-                return s;
-            }
-            if rx.changed().await.is_err() {
-                return exit_state(self.pid, 1, 0, false);
-            }
-        }
-    }
-
-    /// The task's processes: its cgroup's, else the main pid and its descendants.
-    fn pids(&self) -> Vec<u32> {
-        match &self.cgroup {
-            Some(cg) => cg.pids(),
-            None if self.exited().is_none() => descendants(self.pid),
-            None => Vec::new(),
-        }
-    }
-}
 
 /// The executor service.
 #[derive(Clone, Default)]
@@ -170,42 +132,6 @@ impl ExecutorService {
     }
 }
 
-fn now() -> prost_types::Timestamp {
-    prost_types::Timestamp::from(SystemTime::now())
-}
-
-fn exit_state(pid: u32, exit_code: i32, signal: i32, oom_killed: bool) -> ProcessState {
-    ProcessState {
-        pid: pid as i32,
-        exit_code,
-        signal,
-        time: Some(now()),
-        oom_killed,
-    }
-}
-
-/// Waits for the task in the background; the receiver gets its final state once.
-fn watch_exit(
-    mut child: tokio::process::Child,
-    pid: u32,
-    cgroup: Option<TaskCgroup>,
-) -> watch::Receiver<Option<ProcessState>> {
-    let (state_tx, state) = watch::channel(None);
-    tokio::spawn(async move {
-        let state = match child.wait().await {
-            Ok(status) => {
-                let (code, sig) = exit_of(status);
-                let oom = cgroup.as_ref().is_some_and(TaskCgroup::oom_killed);
-                exit_state(pid, code, sig, oom)
-            }
-            Err(_) => exit_state(pid, 1, 0, false),
-        };
-        tracing::debug!(pid, exit_code = state.exit_code, "task exited");
-        let _ = state_tx.send(Some(state));
-    });
-    state
-}
-
 impl ExecutorService {
     /// Launch of the isolated executor: the container is built and entered by its stage; the
     /// task is its pid 1 (or a host-PID-namespace process with `pid_mode = "host"`).
@@ -234,7 +160,7 @@ impl ExecutorService {
         };
         *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(task));
         Ok(Response::new(LaunchResponse {
-            process: Some(exit_state(pid, -1, 0, false)),
+            process: Some(running_state(pid)),
         }))
     }
 }
@@ -281,65 +207,6 @@ impl Drop for CreatedCgroup {
             }
         }
     }
-}
-
-fn exit_of(status: std::process::ExitStatus) -> (i32, i32) {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => (code, 0),
-        (None, Some(sig)) => (128 + sig, sig),
-        _ => (1, 0),
-    }
-}
-
-/// Builds a command for the task's context: env (the task's, plus USER/LOGNAME/HOME when
-/// `with_user_env`), cwd, user, a new session, and optionally the task cgroup.
-pub(crate) fn task_command(
-    bin: &Path,
-    args: &[String],
-    task: Option<&Task>,
-    join_cgroup: bool,
-    with_user_env: bool,
-) -> (std::process::Command, ChildSetup) {
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(args);
-    let mut setup = ChildSetup {
-        new_session: true,
-        ..Default::default()
-    };
-    if let Some(task) = task {
-        if !task.env.is_empty() {
-            cmd.env_clear();
-            cmd.envs(task.env.iter().filter_map(|kv| kv.split_once('=')));
-        }
-        if with_user_env {
-            if let Some(id) = &task.identity {
-                cmd.env("USER", &id.name)
-                    .env("LOGNAME", &id.name)
-                    .env("HOME", &id.home);
-            }
-        }
-        cmd.current_dir(&task.cwd);
-        setup.identity = task.identity.clone();
-        if join_cgroup {
-            setup.cgroup_procs = task
-                .cgroup
-                .iter()
-                .flat_map(|cg| cg.procs_files())
-                .filter_map(|p| {
-                    std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok()
-                })
-                .collect();
-        }
-    }
-    (cmd, setup)
-}
-
-/// Resolves a command for `Exec`/`ExecStreaming`: absolute paths as they are, else the task dir
-/// and the executor's `$PATH`.
-pub(crate) fn resolve_exec(cmd: &str, task: Option<&Task>) -> Result<PathBuf, Status> {
-    let dir = task.map(|t| t.cwd.clone()).unwrap_or_default();
-    lookup::resolve(cmd, &dir, std::env::var("PATH").ok().as_deref()).map_err(unknown)
 }
 
 type StatsStream = Pin<Box<dyn Stream<Item = Result<StatsResponse, Status>> + Send>>;
@@ -409,7 +276,7 @@ impl Executor for ExecutorService {
         *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(task));
         tracing::info!(pid, cmd = %bin.display(), "task launched");
         Ok(Response::new(LaunchResponse {
-            process: Some(exit_state(pid, -1, 0, false)),
+            process: Some(running_state(pid)),
         }))
     }
 
@@ -564,7 +431,7 @@ impl Executor for ExecutorService {
                     .child
             }
             None => {
-                let bin = resolve_exec(&req.cmd, task.as_deref())?;
+                let bin = resolve_exec(&req.cmd, task.as_deref()).map_err(unknown)?;
                 let v2 = cgroups::detect_mode() == CgroupMode::V2;
                 let (mut cmd, setup) = task_command(&bin, &req.args, task.as_deref(), v2, false);
                 cmd.stdin(std::process::Stdio::null())
@@ -595,10 +462,7 @@ impl Executor for ExecutorService {
             out
         });
         let exit_code = match tokio::time::timeout(budget, child.wait()).await {
-            Ok(Ok(status)) => match exit_of(status) {
-                (_, sig) if sig != 0 => -1,
-                (code, _) => code,
-            },
+            Ok(Ok(status)) => Ended::of(Ok(status)).exec_code(),
             Ok(Err(e)) => return Err(unknown(e)),
             Err(_) => {
                 if let Some(pid) = pid {

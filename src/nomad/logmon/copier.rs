@@ -516,17 +516,8 @@ mod tests {
 
     /// CPU time (user + system) of one thread of this process, in clock ticks.
     fn thread_ticks(tid: i32) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        // After the name, field 3 (the state) is index 0: utime (14) and stime (15) are 11
-        // and 12. Counted by position: tpgid can be -1, and the children's times follow.
-        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        n(11) + n(12)
+        let st = crate::procfs::thread_stat(tid).unwrap();
+        st.utime + st.stime
     }
 
     /// The FIFO vanishes while its writer closes: the copier cannot reopen it and must wait
