@@ -1,9 +1,10 @@
 //! A Rust plugin serving the streaming part of gRPC's benchmark contract
 //! (`grpc.testing.BenchmarkService/StreamingFromServer`, cookie `GOPLUGIN_BENCH=stream`) for
-//! `scripts/bench`'s throughput rows; its Go twin is `compat-tests/cmd/bench -serve-stream`.
+//! `scripts/bench`'s throughput rows; its Go twin is
+//! `compat-tests/cmd/bench` started with that cookie (see its stream.go).
 //!
 //! `StreamingFromServer` sends responses of `response_size` bytes until the host cancels, as
-//! gRPC's own benchmark servers do. One current-thread runtime, as `examples/kv_plugin`.
+//! gRPC's own benchmark servers do. One current-thread runtime: one host, one stream at a time.
 
 use std::pin::Pin;
 

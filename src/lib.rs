@@ -11,7 +11,6 @@
 pub mod broker;
 pub mod client;
 pub mod controller;
-pub mod direct_channel;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,13 +1,14 @@
-//! A gRPC channel straight on one HTTP/2 connection (spec go-plugin-wire.md §7, the host's gRPC
-//! client connection): hyper's `http2::SendRequest` as the service under tonic's generated
-//! clients, which accept any `tonic::client::GrpcService`.
+//! A gRPC channel straight on one HTTP/2 connection: hyper's `http2::SendRequest` as the service
+//! under tonic's generated clients, which accept any `tonic::client::GrpcService`. bench_host
+//! measures it against tonic's `Channel` (spec go-plugin-wire.md §7: the host's one gRPC
+//! connection to the plugin).
 //!
-//! Why: tonic's `Channel` puts a `tower::buffer::Buffer` in front of its connection, a worker
-//! task every call is handed to and answered from; on a multi-thread runtime that is a
-//! cross-thread wake-up per call, measured in BENCHMARKS.md ("Rust host on a multi-thread
-//! runtime"). A plugin connection is one connection that is never redialled (go-plugin does not
-//! reconnect either), so the `Buffer` and `Reconnect` layers buy nothing here. `SendRequest` is
-//! `Clone` and needs no worker: each clone talks to hyper's connection task directly.
+//! Why it exists: tonic's `Channel` puts a `tower::buffer::Buffer` in front of its connection, a
+//! worker task every call is handed to and answered from (a cross-thread hop on a multi-thread
+//! runtime), plus `Reconnect`, which a plugin connection never needs (go-plugin does not redial
+//! either). `SendRequest` is `Clone` and needs no worker. Measured in BENCHMARKS.md: the win is
+//! small (hyper's own dispatch task and per-request task remain), so `goplugin::Client` keeps
+//! tonic's `Channel` and this stays a benchmark-side experiment.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +19,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tonic::body::Body;
 
-use crate::transport::Io;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What can fail on a [`DirectChannel`].
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +60,9 @@ impl DirectChannel {
     /// Runs the HTTP/2 handshake on `io` (a connected socket, possibly inside TLS) with hyper's
     /// default settings, the ones tonic's `Channel` uses too, and spawns the connection task on
     /// the current tokio runtime.
-    pub async fn handshake(io: impl Io) -> Result<DirectChannel, DirectChannelError> {
+    pub async fn handshake(
+        io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    ) -> Result<DirectChannel, DirectChannelError> {
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(io))
@@ -71,11 +74,6 @@ impl DirectChannel {
             }
         });
         Ok(DirectChannel { send })
-    }
-
-    /// Whether the connection is closed (the plugin went away or sent GOAWAY).
-    pub fn is_closed(&self) -> bool {
-        self.send.is_closed()
     }
 }
 
@@ -127,16 +125,4 @@ fn with_origin(uri: &mut Uri) -> Result<(), DirectChannelError> {
     *uri =
         Uri::from_parts(parts).map_err(|source| DirectChannelError::Uri { uri: shown, source })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_path_gets_the_connections_origin() {
-        let mut uri = Uri::from_static("/proto.KV/Get");
-        with_origin(&mut uri).unwrap();
-        assert_eq!(uri.to_string(), "http://localhost/proto.KV/Get");
-    }
 }

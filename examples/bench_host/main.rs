@@ -13,7 +13,7 @@
 //! plugin process per round. One JSON line per channel kind:
 //! - `client`: [`goplugin::Client::channel`], tonic's `Channel` on the client's connection;
 //! - `tonic`: a second connection to the plugin's socket, tonic's `Channel` built the same way;
-//! - `direct`: a second connection, [`goplugin::direct_channel::DirectChannel`] (no `Buffer`).
+//! - `direct`: a second connection, `direct_channel::DirectChannel` (no `Buffer`).
 //!
 //! `tonic` and `direct` dial the socket themselves, so they are plain (no `--mtls`); rounds
 //! alternate between the kinds so a slow phase of the machine hits them alike.
@@ -28,13 +28,15 @@
 
 use std::time::{Duration, Instant};
 
-use goplugin::direct_channel::DirectChannel;
 use goplugin::proto::benchmark::benchmark_service_client::BenchmarkServiceClient;
 use goplugin::proto::benchmark::{SimpleRequest, SimpleResponse};
 use goplugin::proto::kv::kv_client::KvClient;
 use goplugin::proto::kv::{GetRequest, PutRequest};
 use goplugin::{Client, HandshakeConfig};
 use tonic::transport::Channel;
+
+mod direct_channel;
+use direct_channel::DirectChannel;
 
 const USAGE: &str = "usage: bench_host PLUGIN [--runs N] [--calls N] [--rounds N] [--mtls] \
     [--multi-thread] [--channel client,tonic,direct] | PLUGIN --stream [--size B] [--msgs N]";
@@ -194,14 +196,16 @@ impl Kv {
         }
     }
 
-    async fn get(&mut self) -> Result<(), tonic::Status> {
+    /// `Get("bench")`: the value's length (5, `value`, when the plugin read the file).
+    async fn get(&mut self) -> Result<usize, tonic::Status> {
         let req = GetRequest {
             key: "bench".into(),
         };
-        match self {
-            Kv::Tonic(kv) => kv.get(req).await.map(drop),
-            Kv::Direct(kv) => kv.get(req).await.map(drop),
-        }
+        let resp = match self {
+            Kv::Tonic(kv) => kv.get(req).await?,
+            Kv::Direct(kv) => kv.get(req).await?,
+        };
+        Ok(resp.into_inner().value.len())
     }
 }
 
@@ -215,6 +219,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// 200 untimed calls, then `calls` timed ones: (p50, p99) in µs.
 async fn latency_round(kv: &mut Kv, calls: usize) -> (f64, f64) {
+    let len = kv.get().await.expect("first Get");
+    assert_eq!(len, b"value".len(), "Get(bench) read the wrong file");
     for _ in 0..200 {
         kv.get().await.expect("warm-up Get");
     }
