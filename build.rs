@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compile(&["examples/kv.proto"], "kv")?;
         compile(&["examples/counter.proto"], "counter")?;
         compile(&["examples/grpctest.proto"], "grpctest")?;
+        compile(&["examples/benchmark.proto"], "benchmark")?;
     }
     if feature("NOMAD") {
         compile_nomad()?;

@@ -33,6 +33,14 @@ pub mod grpctest {
     include!(concat!(env!("OUT_DIR"), "/grpctest/grpctest.rs"));
 }
 
+/// The part of gRPC's benchmark contract (`grpc.testing.BenchmarkService`) that `scripts/bench`
+/// streams with (`examples/bench_plugin`, `examples/bench_host --stream`).
+#[cfg(feature = "examples")]
+pub mod benchmark {
+    #![allow(missing_docs, clippy::all, rustdoc::all)]
+    include!(concat!(env!("OUT_DIR"), "/benchmark/grpc.testing.rs"));
+}
+
 /// Nomad's `hashicorp.nomad.client.logmon.proto.LogMon`.
 #[cfg(feature = "nomad")]
 pub mod logmon {

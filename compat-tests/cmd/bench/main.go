@@ -4,6 +4,9 @@
 // side by side with Rust/Go ratios, as a Markdown table.
 //
 //	bench -go PATH -rust PATH [-runs 30] [-calls 5000] [-rounds 5] [-out FILE]
+//	bench -plugin PATH [-runs N] [-calls N] [-rounds N]       (one KV plugin, JSON samples)
+//	bench -stream PATH [-stream-size B] [-stream-msgs N] [-rounds N]  (streaming, JSON samples)
+//	GOPLUGIN_BENCH=stream bench                              (the Go streaming plugin, see stream.go)
 //
 // Every figure is measured on both plugins in alternation (go, rust, rust, go, ...) so that a
 // slow phase of a noisy machine hits both alike; each is reported as the median with its spread.
@@ -64,7 +67,22 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "also write the Markdown report to this file")
 	flag.StringVar(&o.repro, "repro", "", "command line shown as the way to reproduce (default: this one)")
 	single := flag.String("plugin", "", "single-plugin mode: measure only this plugin and print one JSON line (see jsonMode)")
+	streamPath := flag.String("stream", "", "streaming mode: measure StreamingFromServer of this plugin and print one JSON line (see streamJSON)")
+	streamSize := flag.Int("stream-size", 1024, "bytes of payload per streamed message")
+	streamMsgs := flag.Int("stream-msgs", 20000, "timed messages per streaming round")
 	flag.Parse()
+	// Started by a host as the streaming plugin: the host sets the cookie.
+	if os.Getenv(streamHandshake.MagicCookieKey) == streamHandshake.MagicCookieValue {
+		serveStream()
+		return
+	}
+	if *streamPath != "" {
+		if err := streamJSON(*streamPath, *streamSize, *streamMsgs/10, *streamMsgs, o.rounds); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *single != "" {
 		if err := jsonMode(*single, o); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
