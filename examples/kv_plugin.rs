@@ -65,6 +65,8 @@ pub fn run() -> i32 {
     );
     match served {
         Ok(()) => 0,
+        // go-plugin's texts for a binary run by hand, exit status 1.
+        Err(e) if e.is_cookie_error() => e.exit(),
         Err(e) => {
             goplugin::stdio::write_stderr(&format!("kv plugin: {e}\n"));
             1

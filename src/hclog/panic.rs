@@ -17,7 +17,9 @@ use super::*;
 /// The descriptor is the one of [`init_plugin_logging`] (whenever it was called), otherwise a dup
 /// of fd 2 taken now, otherwise stderr at panic time. The previous hook is not called: the
 /// default one would print to fd 2, which a serving plugin has redirected into the stdio stream.
-/// After the report the process exits with status 2 ([`PANIC_EXIT_CODE`]), as Go's does.
+/// After the report the process exits with status 2 ([`PANIC_EXIT_CODE`]), as Go's does: an
+/// explicit opt-in for a plugin's `main`, the one place besides [`crate::reexec::dispatch`]
+/// where the library ends the process.
 pub fn install_panic_hook() {
     let fallback: Option<SharedSink> = match GLOBAL_SINK.get() {
         Some(_) => None,

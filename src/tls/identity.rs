@@ -168,7 +168,6 @@ mod tests {
 
     use std::time::SystemTime;
 
-
     use crate::tls::test_support::*;
 
     use x509_parser::extensions::{GeneralName, ParsedExtension};
