@@ -27,6 +27,7 @@ pub struct ClientBuilder {
     pub(super) ports: (u16, u16),
     pub(super) start_timeout: Duration,
     pub(super) kill_grace: Duration,
+    pub(super) kill_on_drop: bool,
     pub(super) shutdown_timeout: Duration,
     pub(super) sync_stdout: Option<Sink>,
     pub(super) sync_stderr: Option<Sink>,
@@ -108,6 +109,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether dropping the last clone of the [`Client`] kills a plugin that still runs
+    /// (default `true`, go-plugin's `Managed` clients and `CleanupClients`). Turn it off when the
+    /// plugin must outlive this handle, as a Nomad agent's helpers outlive the agent: a later
+    /// host then reattaches with [`Client::reattach`].
+    pub fn kill_on_drop(mut self, on: bool) -> Self {
+        self.kill_on_drop = on;
+        self
+    }
+
     /// Bound on the `Controller.Shutdown` call inside `kill` (Go has none; default 2 s).
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
@@ -175,6 +185,7 @@ impl Client {
             ports: (10000, 25000),
             start_timeout: Duration::from_secs(60),
             kill_grace: Duration::from_secs(2),
+            kill_on_drop: true,
             shutdown_timeout: Duration::from_secs(2),
             sync_stdout: None,
             sync_stderr: None,

@@ -186,6 +186,7 @@ struct Inner {
     exit: watch::Receiver<Option<Exit>>,
     closed: CancellationToken,
     kill_grace: Duration,
+    kill_on_drop: bool,
     shutdown_timeout: Duration,
     socket_dir: Mutex<Option<SocketDirGuard>>,
     max_message_size: usize,
@@ -194,14 +195,43 @@ struct Inner {
 impl Drop for Inner {
     /// The last clone gone: the broker and stdio stream tasks end, and with them the last
     /// clones of the channel, so the connection closes (a host that reattaches often, as
-    /// `goplugin status` does, would otherwise keep one connection per reattach). The plugin
-    /// itself keeps running, as in Go.
+    /// `goplugin status` does, would otherwise keep one connection per reattach). A managed
+    /// plugin ([`ClientBuilder::kill_on_drop`]) that still runs is SIGKILLed and reaped here and
+    /// now, since a drop cannot await the graceful sequence; its socket directory goes with
+    /// `socket_dir`.
     fn drop(&mut self) {
         self.closed.cancel();
+        if !self.kill_on_drop || self.exit.borrow().is_some() {
+            return;
+        }
+        let still_ours = match &self.identity {
+            Some(id) => id.is_alive(),
+            None => self.pid != 0,
+        };
+        if still_ours {
+            kill_pid(self.pid);
+            reap(self.pid);
+        }
     }
 }
 
+/// Waits for our SIGKILLed child so no zombie is left (the exit task may reap it first, then
+/// this returns at once with `ECHILD`); a few milliseconds, SIGKILL cannot be caught.
+#[cfg(unix)]
+fn reap(pid: u32) {
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+}
+
+/// `taskkill /F` has ended the process; Windows keeps no zombies.
+#[cfg(not(unix))]
+fn reap(_pid: u32) {}
+
 /// A connected plugin. Cheap to clone; all clones share the plugin.
+///
+/// A started plugin is killed (SIGKILL, reaped, socket directory removed) when the last clone is
+/// dropped while it still runs, unless [`ClientBuilder::kill_on_drop`] turned that off;
+/// [`Client::kill`] is the graceful way (go-plugin's kill sequence). A reattached client
+/// ([`Client::reattach`]) never kills on drop: the plugin belongs to whoever started it.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -246,6 +276,17 @@ impl Client {
     /// The negotiated application protocol version.
     pub fn negotiated_version(&self) -> u32 {
         self.inner.version
+    }
+
+    /// The plugin's own certificate as DER, the one this host pinned: AutoMTLS field 6 for a
+    /// started client, the saved one for a reattached client. `None` without AutoMTLS (with
+    /// pre-shared TLS the host's own configuration names what it trusts). The host's private
+    /// key is not handed out here.
+    pub fn plugin_certificate(&self) -> Option<Vec<u8>> {
+        let saved = self.inner.tls.as_ref()?;
+        tls::decode_server_cert(&saved.plugin_cert)
+            .ok()
+            .map(|der| der.as_ref().to_vec())
     }
 
     /// The plugin's process id.

@@ -96,6 +96,9 @@ impl Client {
                 exit: exit_rx,
                 closed,
                 kill_grace: Duration::from_secs(2),
+                // A reattaching host (Nomad's driver) must not end a task's helper by dropping
+                // its handle.
+                kill_on_drop: false,
                 shutdown_timeout: Duration::from_secs(2),
                 socket_dir: Mutex::new(None),
                 max_message_size: limit,

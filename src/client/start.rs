@@ -194,6 +194,7 @@ impl Starter {
                 exit: exit_rx,
                 closed,
                 kill_grace: b.kill_grace,
+                kill_on_drop: b.kill_on_drop,
                 shutdown_timeout: b.shutdown_timeout,
                 socket_dir: Mutex::new(starter.socket_dir.take()),
                 max_message_size: limit,
