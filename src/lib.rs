@@ -9,8 +9,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod broker;
-pub mod client;
-pub mod controller;
+mod client;
+mod controller;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -26,7 +26,7 @@ pub mod nomad;
 pub mod proto;
 pub mod reattach;
 pub mod reexec;
-pub mod server;
+mod server;
 pub mod stdio;
 pub mod tls;
 mod tls_accept;
@@ -45,5 +45,5 @@ pub use broker::{Broker, BrokerError};
 pub use client::{Client, ClientBuilder, ClientError, Exit};
 pub use handshake::{HandshakeConfig, HandshakeLine, Network, Protocol};
 pub use reattach::ReattachConfig;
-pub use server::{ServeError, Server, Services};
+pub use server::{ServeError, Server, Services, COOKIE_MISCONFIGURED_TEXT, COOKIE_MISMATCH_TEXT};
 pub use transport::ListenConfig;

@@ -48,11 +48,12 @@ use start::Starter;
 use streams::{open_broker_stream, open_stdio_stream, read_stdout, spawn_stderr_logger};
 
 /// A writer the host copies plugin output into.
-pub type Sink = Box<dyn Write + Send>;
+pub(crate) type Sink = Box<dyn Write + Send>;
 type SharedSink = Arc<Mutex<Sink>>;
 
 /// Errors starting, connecting to or reattaching to a plugin; each names what was wrong.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The plugin command could not be started.
     #[error("starting plugin {program}: {source}")]

@@ -67,6 +67,7 @@ const PANIC_LOCK_WAIT: Duration = Duration::from_millis(250);
 
 /// Errors of installing plugin-side logging.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HclogError {
     /// The shared handle on the real stderr could not be taken.
     #[error("duplicating stderr (fd 2) for plugin logging: {source}")]

@@ -60,6 +60,7 @@ const FIELD6_BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// What can go wrong while making, reading or using AutoMTLS certificates.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// rcgen could not generate the key pair or sign the certificate.
     #[error("generating the AutoMTLS certificate: {0}")]
