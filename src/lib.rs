@@ -47,3 +47,8 @@ pub use handshake::{HandshakeConfig, HandshakeLine, Network, Protocol};
 pub use reattach::ReattachConfig;
 pub use server::{ServeError, Server, Services, COOKIE_MISCONFIGURED_TEXT, COOKIE_MISMATCH_TEXT};
 pub use transport::ListenConfig;
+
+/// The README's plugin and host snippets, compiled as doc tests against the public API.
+#[cfg(all(doctest, feature = "examples"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
