@@ -64,15 +64,12 @@ impl Counter for FileCounter {
 #[tokio::main]
 async fn main() {
     let _ = goplugin::hclog::init_plugin_logging("counter");
-    let served = Server::new(HandshakeConfig::new("BASIC_PLUGIN", "hello"))
+    // Go's behaviour on any error: go-plugin's texts for a bad cookie, exit status 1.
+    Server::new(HandshakeConfig::new("BASIC_PLUGIN", "hello"))
         .services(|s| {
             let broker = s.broker();
             s.add_service(CounterServer::new(FileCounter { broker }));
         })
-        .serve()
+        .serve_or_exit()
         .await;
-    if let Err(e) = served {
-        goplugin::stdio::write_stderr(&format!("counter plugin: {e}\n"));
-        std::process::exit(1);
-    }
 }

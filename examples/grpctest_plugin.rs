@@ -148,7 +148,8 @@ async fn main() {
     };
     if mode == "noisy" {
         // Output before serve(), from Rust, from a child process and from raw fd 1: none of it
-        // may reach the host before the handshake line (Server::new has captured fd 1 already).
+        // may reach the host before the handshake line once fd 1 is captured this early.
+        goplugin::stdio::capture().unwrap_or_else(|e| fail(e));
         println!("noise from the plugin before serving");
         let _ = std::process::Command::new("sh")
             .args(["-c", "echo noise from a child process"])
@@ -172,8 +173,10 @@ async fn main() {
     } else {
         server
     };
-    if let Err(e) = server.serve().await {
-        fail(e);
+    match server.serve().await {
+        Ok(()) => {}
+        Err(e) if e.is_cookie_error() => e.exit(),
+        Err(e) => fail(e),
     }
     if mode == "cleanup" {
         let path = args.get(1).unwrap_or_else(|| fail("cleanup needs a PATH"));

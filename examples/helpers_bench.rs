@@ -472,6 +472,7 @@ impl Helper {
         let mut cmd = Command::new(bin);
         cmd.args(args).process_group(0);
         let client = Client::builder(cmd, goplugin::nomad::handshake())
+            .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
             .start()
             .await
             .map_err(|e| format!("{} {}: {e}", bin.display(), args[0]))?;

@@ -34,6 +34,7 @@ pub const BROKER_WINDOW: Duration = Duration::from_secs(5);
 
 /// Errors of brokered connections; each names the broker ID.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// No `ConnInfo` for the ID arrived within 5 s (Go's text).
     #[error("timeout waiting for connection info for broker id {id}")]

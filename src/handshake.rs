@@ -32,6 +32,7 @@ pub mod env {
 /// What host and plugin must agree on before anything else: the magic cookie and the
 /// application protocol version(s).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandshakeConfig {
     /// The legacy single application protocol version (Go's `HandshakeConfig.ProtocolVersion`).
     pub protocol_version: u32,
@@ -122,6 +123,7 @@ impl fmt::Display for Network {
 
 /// Errors reading a handshake line or the handshake environment.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// Fewer than four `|`-separated fields (Go: `Unrecognized remote plugin message`).
     #[error("Unrecognized remote plugin message: {line}")]
@@ -178,6 +180,7 @@ pub enum HandshakeError {
 /// The one line a plugin prints on stdout (spec §5):
 /// `CORE|APPVER|NETWORK|ADDRESS|PROTOCOL|SERVERCERT[|MUX]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandshakeLine {
     /// Field 1, always 1 when valid.
     pub core_version: u32,

@@ -9,8 +9,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod broker;
-pub mod client;
-pub mod controller;
+mod client;
+mod controller;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -28,7 +28,7 @@ pub(crate) mod procfs;
 pub mod proto;
 pub mod reattach;
 pub mod reexec;
-pub mod server;
+mod server;
 pub mod stdio;
 pub mod tls;
 mod tls_accept;
@@ -47,5 +47,10 @@ pub use broker::{Broker, BrokerError};
 pub use client::{Client, ClientBuilder, ClientError, Exit};
 pub use handshake::{HandshakeConfig, HandshakeLine, Network, Protocol};
 pub use reattach::ReattachConfig;
-pub use server::{ServeError, Server, Services};
+pub use server::{ServeError, Server, Services, COOKIE_MISCONFIGURED_TEXT, COOKIE_MISMATCH_TEXT};
 pub use transport::ListenConfig;
+
+/// The README's plugin and host snippets, compiled as doc tests against the public API.
+#[cfg(all(doctest, feature = "examples"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -11,6 +11,7 @@ use crate::tls::{self, Identity, MtlsConfig, PinnedPeers, TlsError};
 /// `Pid`), so it round-trips with Nomad's persisted state; our additions are optional fields a
 /// Go reader ignores.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ReattachConfig {
     /// `grpc` (`netrpc` is recognised and refused).
     #[serde(rename = "Protocol")]
@@ -39,6 +40,26 @@ pub struct ReattachConfig {
 }
 
 impl ReattachConfig {
+    /// A record of a gRPC plugin at `addr` on `network` (`unix` or `tcp`) with process `pid`,
+    /// as Nomad persists one; without start time or TLS material.
+    pub fn new(
+        protocol_version: u32,
+        network: impl Into<String>,
+        addr: impl Into<String>,
+        pid: u32,
+    ) -> ReattachConfig {
+        ReattachConfig {
+            protocol: "grpc".to_string(),
+            protocol_version,
+            network: network.into(),
+            addr: addr.into(),
+            pid,
+            test: false,
+            process: None,
+            tls: None,
+        }
+    }
+
     /// Parses a reattach record as Go's `encoding/json` would (Nomad writes it with Go: keys
     /// match field names case-insensitively, the last of two wins, unknown keys are ignored).
     pub fn from_json(json: &str) -> Result<ReattachConfig, serde_json::Error> {

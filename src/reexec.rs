@@ -26,7 +26,9 @@ impl Entry {
 }
 
 /// If `argv[1]` names one of `entries`, runs it and exits the process with its code; otherwise
-/// returns so `main` goes on. Call it first in `main`.
+/// returns so `main` goes on. Call it first in `main`. Exiting is the point of this explicit
+/// helper (a re-executed child has nothing else to do); no other library call exits, except the
+/// opt-in panic hook ([`crate::hclog::install_panic_hook`]).
 pub fn dispatch(entries: &[Entry]) {
     let mut args = std::env::args_os().skip(1);
     let Some(first) = args.next() else { return };

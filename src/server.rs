@@ -57,8 +57,26 @@ key or value was set. Please notify the plugin author and report\n\
 this as a bug.\n";
 
 /// Errors that stop a plugin from serving; each names the setting or value at fault.
+///
+/// [`ServeError::exit`] ends the process the way a Go plugin's `Serve` does (go-plugin's texts
+/// for the cookie errors, exit status 1); [`Server::serve_or_exit`] serves and does that.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
+    /// The magic cookie variable is missing or has another value: the binary was run by hand,
+    /// not by a host (§2.3). [`ServeError::exit`] prints go-plugin's [`COOKIE_MISMATCH_TEXT`].
+    #[error("not launched by a plugin host: {key} is unset or not the expected value")]
+    NotLaunchedByHost {
+        /// The cookie's environment variable.
+        key: String,
+    },
+    /// The plugin's own [`HandshakeConfig`] has an empty cookie key or value (§2.3).
+    /// [`ServeError::exit`] prints go-plugin's [`COOKIE_MISCONFIGURED_TEXT`].
+    #[error("misconfigured handshake: the magic cookie key {key:?} or its value is empty")]
+    CookieMisconfigured {
+        /// The configured key (possibly empty).
+        key: String,
+    },
     /// No service set was registered.
     #[error("no plugin services registered: call Server::services or Server::version")]
     NoServices,
@@ -83,6 +101,32 @@ pub enum ServeError {
     /// Multiplexed mode: the host's one connection never came, or its yamux session failed.
     #[error("error establishing yamux session: {0}")]
     MuxSession(String),
+}
+
+impl ServeError {
+    /// Whether the cookie check refused to serve ([`ServeError::NotLaunchedByHost`] or
+    /// [`ServeError::CookieMisconfigured`]), the errors a Go plugin answers with a fixed text.
+    pub fn is_cookie_error(&self) -> bool {
+        matches!(
+            self,
+            ServeError::NotLaunchedByHost { .. } | ServeError::CookieMisconfigured { .. }
+        )
+    }
+
+    /// Ends the process as go-plugin's `Serve` would: the cookie errors print go-plugin's exact
+    /// texts on the real stderr, any other error prints `error serving plugin: <error>`; the
+    /// exit status is 1. For a plugin's `main`, which owns the process; the library itself
+    /// never exits.
+    pub fn exit(self) -> ! {
+        match &self {
+            ServeError::NotLaunchedByHost { .. } => stdio::write_stderr(COOKIE_MISMATCH_TEXT),
+            ServeError::CookieMisconfigured { .. } => {
+                stdio::write_stderr(COOKIE_MISCONFIGURED_TEXT)
+            }
+            other => stdio::write_stderr(&format!("error serving plugin: {other}\n")),
+        }
+        std::process::exit(1)
+    }
 }
 
 type ServiceSet = Box<dyn FnOnce(&mut Services) + Send>;
@@ -128,7 +172,6 @@ impl Services {
 
 /// A go-plugin plugin server. Build it with the handshake and the service sets, then `serve`.
 pub struct Server {
-    captured: Result<(), stdio::StdioError>,
     handshake: HandshakeConfig,
     versions: BTreeMap<u32, ServiceSet>,
     listen: Option<ListenConfig>,
@@ -139,11 +182,9 @@ pub struct Server {
 
 impl Server {
     /// A server for `handshake`; add services with [`Server::services`] or [`Server::version`].
-    /// From here on the process's stdout and stderr are captured (see [`crate::stdio`]), so
-    /// nothing printed afterwards can come before the handshake line.
+    /// Nothing happens to the process until [`Server::serve`].
     pub fn new(handshake: HandshakeConfig) -> Self {
         Self {
-            captured: stdio::capture(),
             handshake,
             versions: BTreeMap::new(),
             listen: None,
@@ -196,11 +237,14 @@ impl Server {
         self
     }
 
-    /// Serves until the host calls `GRPCController.Shutdown`. A missing or wrong cookie prints
-    /// go-plugin's text on stderr and exits the process with code 1, as Go's `Serve` does.
+    /// Serves until the host calls `GRPCController.Shutdown`. First checks the magic cookie
+    /// ([`ServeError::NotLaunchedByHost`] when it is missing or wrong), then captures fds 1
+    /// and 2 (see [`crate::stdio::capture`]) so nothing printed from here on can come before
+    /// the handshake line, as go-plugin redirects `os.Stdout`/`os.Stderr` in `Serve`. Never
+    /// exits the process: see [`Server::serve_or_exit`] for go-plugin's behaviour.
     pub async fn serve(mut self) -> Result<(), ServeError> {
-        check_cookie(&self.handshake);
-        std::mem::replace(&mut self.captured, Ok(()))?;
+        check_cookie(&self.handshake)?;
+        stdio::capture()?;
         ignore_sigint();
         if self.versions.is_empty() {
             return Err(ServeError::NoServices);
@@ -271,19 +315,31 @@ impl Server {
             _ => result,
         }
     }
+
+    /// [`Server::serve`], and on an error [`ServeError::exit`]: go-plugin's texts for a missing
+    /// or wrong cookie and a misconfigured handshake, exit status 1, as a Go plugin's `Serve`.
+    /// Returns when the host has shut the plugin down.
+    pub async fn serve_or_exit(self) {
+        if let Err(e) = self.serve().await {
+            e.exit()
+        }
+    }
 }
 
-fn check_cookie(h: &HandshakeConfig) {
+fn check_cookie(h: &HandshakeConfig) -> Result<(), ServeError> {
     if h.magic_cookie_key.is_empty() || h.magic_cookie_value.is_empty() {
-        stdio::write_stderr(COOKIE_MISCONFIGURED_TEXT);
-        std::process::exit(1);
+        return Err(ServeError::CookieMisconfigured {
+            key: h.magic_cookie_key.clone(),
+        });
     }
     if std::env::var_os(&h.magic_cookie_key).as_deref()
         != Some(std::ffi::OsStr::new(&h.magic_cookie_value))
     {
-        stdio::write_stderr(COOKIE_MISMATCH_TEXT);
-        std::process::exit(1);
+        return Err(ServeError::NotLaunchedByHost {
+            key: h.magic_cookie_key.clone(),
+        });
     }
+    Ok(())
 }
 
 /// Go plugins ignore SIGINT so that a Ctrl-C in the host's terminal does not kill them (§2.3).

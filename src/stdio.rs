@@ -99,6 +99,7 @@ fn send_or_drop(
 
 /// Errors setting up the capture.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StdioError {
     /// pipe/dup/dup2 failed.
     #[error("capturing {what} failed: {source}")]

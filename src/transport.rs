@@ -25,6 +25,7 @@ const MAX_UNIX_PATH: usize = 107;
 
 /// Errors opening a listener or dialing a peer; each names the setting or address involved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// A port variable is not a number in 0..=65535.
     #[error("invalid {var} value {value:?}: {source}")]
@@ -114,6 +115,7 @@ pub enum TransportError {
 
 /// Where and how listeners are opened; read from the environment once per process.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListenConfig {
     /// Preferred network; unix falls back to tcp where unix sockets are not supported.
     pub network: Network,

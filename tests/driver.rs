@@ -88,6 +88,7 @@ async fn start_driver_with(
 ) -> Driver {
     cmd.env("TMPDIR", tmp.path());
     let client = Client::builder(cmd, goplugin::nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .stdin(std::process::Stdio::null())
         .start()
         .await

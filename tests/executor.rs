@@ -30,6 +30,7 @@ async fn launch_executor(dir: &Path) -> Client {
     let mut cmd = Command::new(BIN);
     cmd.arg("executor").arg(cfg.to_string());
     Client::builder(cmd, nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .start()
         .await
         .expect("executor starts")

@@ -40,6 +40,7 @@ async fn executor_with(argv: serde_json::Value) -> Client {
     let mut cmd = Command::new(BIN);
     cmd.arg("executor").arg(argv.to_string());
     Client::builder(cmd, nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .start()
         .await
         .expect("executor starts")

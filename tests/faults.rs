@@ -835,6 +835,7 @@ fn executor_cmd(tag: &Tag, dir: &Path) -> Command {
 
 async fn start_executor(tag: &Tag, dir: &Path) -> Client {
     Client::builder(executor_cmd(tag, dir), nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .stdin(Stdio::null())
         .start()
         .await
@@ -1083,6 +1084,7 @@ fn logmon_cmd(tag: &Tag) -> Command {
 
 async fn start_logmon(tag: &Tag, stderr: &Buf) -> Client {
     Client::builder(logmon_cmd(tag), nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .stdin(Stdio::null())
         .stderr(stderr.clone())
         .start()

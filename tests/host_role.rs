@@ -121,6 +121,59 @@ async fn detects_a_crash() {
     }
 }
 
+/// Whether `pid` names a process at all (a zombie counts: it was not reaped).
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test]
+async fn dropping_a_started_client_kills_and_reaps_its_plugin() {
+    let parent = tempfile::tempdir().unwrap();
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .socket_dir(parent.path())
+        .start()
+        .await
+        .unwrap();
+    let pid = client.pid();
+    let clone = client.clone();
+    drop(client);
+    assert!(process_exists(pid), "a clone still holds the plugin");
+    drop(clone);
+    // Synchronous: by the time drop returns the plugin is dead and reaped, its dir removed.
+    assert!(
+        !process_exists(pid),
+        "plugin {pid} outlived its last client"
+    );
+    let left = std::fs::read_dir(parent.path()).unwrap().count();
+    assert_eq!(left, 0, "socket directory left behind");
+}
+
+#[tokio::test]
+async fn kill_on_drop_false_and_reattached_clients_leave_the_plugin_running() {
+    let client = Client::builder(plugin_cmd(&[]), test_handshake())
+        .kill_on_drop(false)
+        .start()
+        .await
+        .unwrap();
+    let pid = client.pid();
+    let cfg = client.reattach_config();
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        process_exists(pid),
+        "plugin killed although kill_on_drop(false)"
+    );
+    let again = Client::reattach(&cfg).await.unwrap();
+    drop(again);
+    let again = Client::reattach(&cfg).await.unwrap();
+    assert_eq!(
+        double(&again, 21).await,
+        42,
+        "a dropped reattached client killed it"
+    );
+    graceful(again.kill().await);
+}
+
 #[tokio::test]
 async fn reattaches_from_a_serialised_config_and_refuses_stale_ones() {
     for mtls in [false, true] {
@@ -133,6 +186,17 @@ async fn reattaches_from_a_serialised_config_and_refuses_stale_ones() {
         let cfg: ReattachConfig = serde_json::from_str(&saved).unwrap();
         assert_eq!(cfg.tls.is_some(), mtls);
         let again = Client::reattach(&cfg).await.unwrap();
+        // The certificate the host pinned, the same before and after reattaching.
+        let cert = client.plugin_certificate();
+        assert_eq!(cert.is_some(), mtls);
+        assert_eq!(again.plugin_certificate(), cert);
+        if let Some(der) = cert {
+            let field6 = cfg.tls.as_ref().unwrap().plugin_cert.clone();
+            assert_eq!(
+                goplugin::tls::decode_server_cert(&field6).unwrap().as_ref(),
+                &der[..]
+            );
+        }
         assert_eq!(double(&again, 21).await, 42);
         again.ping().await.unwrap();
         graceful(again.kill().await);

@@ -94,6 +94,7 @@ async fn isolated_executor(dir: &Path, legacy: bool) -> Client {
     let mut cmd = Command::new(BIN);
     cmd.arg("executor").arg(cfg.to_string());
     Client::builder(cmd, nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .start()
         .await
         .expect("executor starts")
@@ -831,6 +832,7 @@ async fn non_root_launch_is_refused_by_name() {
     ])
     .arg(r#"{"LogFile":"","LogLevel":"debug","FSIsolation":true,"Compute":{"tc":4000,"nc":2}}"#);
     let client = Client::builder(cmd, nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .start()
         .await
         .expect("executor starts as nobody");

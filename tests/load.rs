@@ -431,6 +431,7 @@ async fn logmon_at_full_speed() {
     cmd.arg("logmon");
     tag.apply(&mut cmd);
     let client = Client::builder(cmd, nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .stdin(Stdio::null())
         .start()
         .await

@@ -18,6 +18,7 @@ async fn launch() -> Client {
     let mut cmd = Command::new(BIN);
     cmd.arg("logmon");
     Client::builder(cmd, nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .start()
         .await
         .expect("logmon starts")

@@ -71,6 +71,7 @@ impl Side {
         let mut cmd = Command::new(bin);
         cmd.arg("executor").arg(argv.to_string());
         let client = Client::builder(cmd, nomad::handshake())
+            .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
             .port_range(14000, 14512)
             .stdin(Stdio::null())
             .start()

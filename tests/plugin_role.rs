@@ -13,9 +13,9 @@ use goplugin::proto::grpctest::test_client::TestClient;
 use goplugin::proto::grpctest::{print_kv_request, PrintKvRequest, TestRequest};
 use goplugin::proto::plugin::grpc_controller_client::GrpcControllerClient;
 use goplugin::proto::plugin::Empty;
-use goplugin::server::{COOKIE_MISCONFIGURED_TEXT, COOKIE_MISMATCH_TEXT};
 use goplugin::tls::{self, Identity, MtlsConfig, PinnedPeers};
 use goplugin::Network;
+use goplugin::{COOKIE_MISCONFIGURED_TEXT, COOKIE_MISMATCH_TEXT};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 

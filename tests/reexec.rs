@@ -18,7 +18,7 @@ fn entry_named_by_argv1_runs_before_the_cli() {
     assert!(out.stdout.is_empty());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        goplugin::server::COOKIE_MISMATCH_TEXT
+        goplugin::COOKIE_MISMATCH_TEXT
     );
 }
 

@@ -32,16 +32,7 @@ fn handle_with(config: TaskConfig) -> TaskState {
         config,
         logs: None,
         helpers: Helpers::Combined,
-        executor: ReattachConfig {
-            protocol: "grpc".into(),
-            protocol_version: 2,
-            network: "unix".into(),
-            addr: "/tmp/plugin1".into(),
-            pid: 42,
-            test: false,
-            process: None,
-            tls: None,
-        },
+        executor: ReattachConfig::new(2, "unix", "/tmp/plugin1", 42),
         logmon: None,
         task: ProcessIdentity {
             pid: 43,

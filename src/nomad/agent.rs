@@ -322,6 +322,8 @@ fn helper_command(bin: Option<&Path>, name: &str, group: i32) -> Result<Command,
 async fn start_helper(cmd: Command, helper: &'static str) -> Result<Client, AgentError> {
     Client::builder(cmd, super::handshake())
         .name(helper)
+        // The helper outlives this handle (detached runs, driver restarts): never killed on drop.
+        .kill_on_drop(false)
         .stdin(std::process::Stdio::null())
         .start()
         .await

@@ -205,6 +205,7 @@ pub async fn start_executor(r: &Reference, which: Impl, log_file: &Path) -> Clie
         });
     }
     Client::builder(cmd, nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .port_range(14000, 14512)
         .stdin(Stdio::null())
         .start()
@@ -217,6 +218,7 @@ pub async fn start_logmon(r: &Reference, which: Impl) -> Client {
     let mut cmd = Command::new(which.bin(r));
     cmd.arg("logmon");
     Client::builder(cmd, nomad::handshake())
+        .kill_on_drop(false) // a Nomad helper outlives its handle, as under Nomad
         .stdin(Stdio::null())
         .start()
         .await

@@ -227,6 +227,7 @@ pub fn run(_args: Vec<std::ffi::OsString>) -> i32 {
     runtime.shutdown_background();
     match served {
         Ok(()) => 0,
+        Err(e) if e.is_cookie_error() => e.exit(),
         Err(e) => {
             crate::stdio::write_stderr(&format!("{DRIVER_NAME}: {e}\n"));
             1

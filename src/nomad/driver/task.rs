@@ -228,6 +228,8 @@ async fn start_logmon(logs: &LogConfig, name: &str) -> Result<Client, TaskError>
     let client = Client::builder(helper_command(&["logmon"])?, crate::nomad::handshake())
         .name("logmon")
         .stdin(Stdio::null())
+        // The helper outlives this handle (detached runs, driver restarts): never killed on drop.
+        .kill_on_drop(false)
         .start()
         .await
         .map_err(|source| TaskError::Helper {
@@ -545,6 +547,8 @@ async fn start_helpers(
     )
     .name("executor")
     .stdin(Stdio::null())
+    // The helper outlives this handle (driver restarts recover it): never killed on drop.
+    .kill_on_drop(false)
     .port_range(agent.ports.0, agent.ports.1)
     .start()
     .await
@@ -598,6 +602,8 @@ async fn start_combined(
     let helper = Client::builder(helper_command(&[entry, &json])?, crate::nomad::handshake())
         .name(entry)
         .stdin(Stdio::null())
+        // The helper outlives this handle (detached runs, driver restarts): never killed on drop.
+        .kill_on_drop(false)
         .port_range(agent.ports.0, agent.ports.1)
         .start()
         .await

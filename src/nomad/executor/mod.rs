@@ -59,6 +59,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
     executor.cleanup();
     match served {
         Ok(()) => 0,
+        Err(e) if e.is_cookie_error() => e.exit(),
         Err(e) => {
             crate::stdio::write_stderr(&format!("executor: {e}\n"));
             1

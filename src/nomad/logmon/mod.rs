@@ -31,6 +31,7 @@ pub fn run() -> i32 {
     );
     match served {
         Ok(()) => 0,
+        Err(e) if e.is_cookie_error() => e.exit(),
         Err(e) => {
             crate::stdio::write_stderr(&format!("logmon: {e}\n"));
             1
