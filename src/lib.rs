@@ -21,7 +21,7 @@ pub mod hclog;
 #[cfg(unix)]
 #[allow(unsafe_code)] // pre_exec and close_range(2), which nix does not wrap
 pub(crate) mod inherit;
-pub mod mux;
+pub(crate) mod mux;
 #[cfg(all(feature = "nomad", target_os = "linux"))]
 pub mod nomad;
 pub(crate) mod procfs;
