@@ -536,7 +536,7 @@ async fn channel_over(
 
 /// `plugin.GRPCBroker` for the plugin role: each `StartStream` call becomes the broker stream.
 #[derive(Clone, Debug)]
-pub struct BrokerService {
+pub(crate) struct BrokerService {
     broker: Broker,
 }
 

@@ -292,7 +292,7 @@ fn spawn_pump(
 }
 
 /// Writes the handshake line to the real stdout (the one before capture) and flushes it.
-pub fn write_handshake(line: &str) -> io::Result<()> {
+pub(crate) fn write_handshake(line: &str) -> io::Result<()> {
     let text = format!("{line}\n");
     match CAPTURE.get() {
         Some(Ok(c)) => {
@@ -325,7 +325,7 @@ pub fn write_stderr(text: &str) {
 /// `plugin.GRPCStdio`: streams captured output to one host at a time until it cancels or the
 /// server shuts down.
 #[derive(Clone)]
-pub struct StdioService {
+pub(crate) struct StdioService {
     shutdown: CancellationToken,
 }
 

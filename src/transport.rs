@@ -176,7 +176,7 @@ impl ListenConfig {
     }
 
     /// Opens a listener by these rules; it already accepts connections when this returns.
-    pub fn listen(&self) -> Result<Listener, TransportError> {
+    pub(crate) fn listen(&self) -> Result<Listener, TransportError> {
         #[cfg(unix)]
         if self.network == Network::Unix {
             match self.listen_unix() {
@@ -320,7 +320,7 @@ fn set_group_and_mode(path: &Path, gid: u32) -> Result<(), TransportError> {
 
 /// Removes a unix socket file when its listener goes away.
 #[derive(Debug)]
-pub struct SocketFile(PathBuf);
+pub(crate) struct SocketFile(PathBuf);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
@@ -330,7 +330,7 @@ impl Drop for SocketFile {
 
 /// An open listener; a unix socket file is removed when this is dropped.
 #[derive(Debug)]
-pub enum Listener {
+pub(crate) enum Listener {
     /// Unix socket and the guard of its file.
     #[cfg(unix)]
     Unix {
