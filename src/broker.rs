@@ -3,7 +3,7 @@
 //!
 //! Both roles share this core: whoever accepts allocates an ID, whoever dials waits for the
 //! announcement (direct) or the knock ack (multiplexed), at most 5 s each, as Go does. The plugin
-//! role serves `plugin.GRPCBroker/StartStream` ([`BrokerService`]); the host role opens that stream
+//! role serves `plugin.GRPCBroker/StartStream` (`BrokerService`); the host role opens that stream
 //! and feeds it through [`Broker::attach`] and [`Broker::receive`].
 
 use std::collections::{HashMap, VecDeque};
