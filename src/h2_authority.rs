@@ -37,8 +37,8 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// Frames this side writes stay within the default SETTINGS_MAX_FRAME_SIZE (RFC 9113 §6.5.2).
 const MAX_OUT_FRAME: usize = 16_384;
-/// A header block larger than this is not inspected (h2 refuses it anyway: its header list
-/// limit is 16 KiB by default under tonic).
+/// A header block larger than this is not inspected (the server refuses it anyway: hyper's
+/// default SETTINGS_MAX_HEADER_LIST_SIZE, which tonic keeps, is 16 KiB).
 const MAX_BLOCK: usize = 1 << 20;
 /// HPACK table size the client's encoder may use: h2's SETTINGS_HEADER_TABLE_SIZE default.
 const TABLE_SIZE: usize = 4096;
@@ -152,7 +152,7 @@ impl<T> AuthorityRepair<T> {
     fn collect(&mut self, frame: &[u8]) -> io::Result<()> {
         let flags = frame[4];
         let payload = &frame[FRAME_HEADER_LEN..];
-        let mut block = match self.block.take() {
+        let block = match self.block.take() {
             Some(mut block) => {
                 block.fragment.extend_from_slice(payload);
                 block.raw.extend_from_slice(frame);
@@ -168,14 +168,15 @@ impl<T> AuthorityRepair<T> {
                 Block {
                     stream: u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]])
                         & 0x7fff_ffff,
-                    flags: 0,
+                    // END_STREAM and PRIORITY are the HEADERS frame's; CONTINUATION defines
+                    // only END_HEADERS (RFC 9113 §6.10), so its other bits must not leak in.
+                    flags,
                     priority,
                     fragment: fragment.to_vec(),
                     raw: frame.to_vec(),
                 }
             }
         };
-        block.flags |= flags;
         if flags & END_HEADERS == 0 {
             self.block = Some(block);
             return Ok(());
@@ -617,6 +618,33 @@ mod tests {
             "padding gone, END_HEADERS later"
         );
         assert_eq!(&first[9..14], &[0x80, 0, 0, 0, 15], "priority kept");
+    }
+
+    #[test]
+    fn continuation_flags_other_than_end_headers_are_not_carried_over() {
+        let mut enc = loona_hpack::Encoder::new();
+        let block = enc.encode(
+            request(GRPC_CORE_AUTHORITY, "/a.B/C")
+                .iter()
+                .map(|(n, v)| (&n[..], &v[..])),
+        );
+        let (first, second) = block.split_at(10);
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, 0, 1, first));
+        // Undefined bits on CONTINUATION: 0x1 would read as END_STREAM on a HEADERS frame.
+        input.extend(frame(
+            CONTINUATION,
+            END_HEADERS | END_STREAM | PRIORITY,
+            1,
+            second,
+        ));
+        let out = through_repair(&input, 4096).unwrap();
+        let headers = &out[PREFACE.len()..];
+        assert_eq!(headers[3], HEADERS);
+        assert_eq!(
+            headers[4], END_HEADERS,
+            "the stream stays open, no priority fields"
+        );
     }
 
     #[test]
