@@ -2,13 +2,16 @@
 //! handshake: launch, wait, exit codes and signals, user and groups, shutdown of the whole process
 //! group, stats, exec, exec streaming on pipes and on a PTY, cgroup limits and OOM, reattach.
 
+mod common;
+
+use common::exec_stream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use goplugin::nomad;
-use goplugin::proto::drivers::exec_task_streaming_request::{Setup, TerminalSize};
+use goplugin::proto::drivers::exec_task_streaming_request::TerminalSize;
 use goplugin::proto::drivers::{
     AllocatedMemoryResources, AllocatedTaskResources, ExecTaskStreamingIoOperation,
     ExecTaskStreamingRequest, Resources,
@@ -319,17 +322,6 @@ async fn exec_returns_combined_output_and_exit_code_and_honours_the_deadline() {
     client.kill().await;
 }
 
-fn setup_msg(command: &[&str], tty: bool) -> ExecTaskStreamingRequest {
-    ExecTaskStreamingRequest {
-        setup: Some(Setup {
-            task_id: String::new(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            tty,
-        }),
-        ..Default::default()
-    }
-}
-
 /// Nomad's reference vectors (plugins/drivers/testutils/exec_testing.go).
 #[tokio::test]
 async fn exec_streaming_on_pipes_and_on_a_pty() {
@@ -337,7 +329,7 @@ async fn exec_streaming_on_pipes_and_on_a_pty() {
     let client = launch_executor(dir.path()).await;
     let mut exec = ExecutorClient::new(client.channel());
 
-    let msgs = vec![setup_msg(
+    let msgs = vec![exec_stream::setup(
         &[
             "/bin/sh",
             "-c",
@@ -371,9 +363,12 @@ async fn exec_streaming_on_pipes_and_on_a_pty() {
     assert_eq!(code, Some(43));
 
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(setup_msg(&["/bin/sh", "-c", "sleep 1; stty size"], true))
-        .await
-        .unwrap();
+    tx.send(exec_stream::setup(
+        &["/bin/sh", "-c", "sleep 1; stty size"],
+        true,
+    ))
+    .await
+    .unwrap();
     for (h, w) in [(50, 40), (100, 100)] {
         tx.send(ExecTaskStreamingRequest {
             tty_size: Some(TerminalSize {
@@ -405,7 +400,7 @@ async fn exec_streaming_on_pipes_and_on_a_pty() {
 
     // stdin reaches the command; close ends its input.
     let msgs = vec![
-        setup_msg(&["cat"], false),
+        exec_stream::setup(&["cat"], false),
         ExecTaskStreamingRequest {
             stdin: Some(ExecTaskStreamingIoOperation {
                 data: b"echoed\n".to_vec(),

@@ -20,17 +20,16 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::exec_stream;
 use common::nomad::{
     alive, cgroup_procs, cgroup_v1_reason, cgroups_of, compute, eventually, is_uuid, parse_cgroups,
     reference, start_executor, start_logmon, within, Alloc, Generation, Impl, Reference, Tracked,
     CGROUP_ROOT, TASK,
 };
 use futures::StreamExt;
-use goplugin::proto::drivers::exec_task_streaming_request::{Setup, TerminalSize};
 use goplugin::proto::drivers::{
     AllocatedCpuResources, AllocatedMemoryResources, AllocatedTaskResources,
-    ExecTaskStreamingIoOperation, ExecTaskStreamingRequest, ExecTaskStreamingResponse,
-    LinuxResources, Resources,
+    ExecTaskStreamingRequest, ExecTaskStreamingResponse, LinuxResources, Resources,
 };
 use goplugin::proto::executor::executor_client::ExecutorClient;
 use goplugin::proto::executor::*;
@@ -938,17 +937,6 @@ fn summarise(events: &[Event], name: &str) -> (Vec<u8>, Vec<u8>, Option<i32>) {
     (out, err, code)
 }
 
-fn setup_msg(command: &[&str], tty: bool) -> ExecTaskStreamingRequest {
-    ExecTaskStreamingRequest {
-        setup: Some(Setup {
-            task_id: String::new(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            tty,
-        }),
-        ..Default::default()
-    }
-}
-
 /// Sends `msgs`, keeps the request stream open, and records every response until the stream ends.
 async fn transcript(
     exec: &mut ExecutorClient<Channel>,
@@ -988,23 +976,6 @@ fn events_of(m: ExecTaskStreamingResponse) -> Vec<Event> {
     events
 }
 
-fn stdin_msg(data: &[u8], close: bool) -> ExecTaskStreamingRequest {
-    ExecTaskStreamingRequest {
-        stdin: Some(ExecTaskStreamingIoOperation {
-            data: data.to_vec(),
-            close,
-        }),
-        ..Default::default()
-    }
-}
-
-fn resize(height: i32, width: i32) -> ExecTaskStreamingRequest {
-    ExecTaskStreamingRequest {
-        tty_size: Some(TerminalSize { height, width }),
-        ..Default::default()
-    }
-}
-
 /// Mirrors Nomad's ExecTaskStreamingConformanceTests (plugins/drivers/testutils/exec_testing.go,
 /// run by TestRawExec_ExecTaskStreaming): the pipes vector (`exit 43`), the PTY vector with resize
 /// (`stty size` after 50x40 then 100x100), and stdin through `cat` ended by a stdin close.
@@ -1020,7 +991,7 @@ async fn exec_streaming_transcripts_match() {
         let pipes = transcript(
             &mut run.exec,
             vec![
-                setup_msg(
+                exec_stream::setup(
                     &[
                         "/bin/sh",
                         "-c",
@@ -1028,10 +999,10 @@ async fn exec_streaming_transcripts_match() {
                     ],
                     false,
                 ),
-                stdin_msg(b"", false),
+                exec_stream::stdin(b"", false),
                 // Nomad's harness (and `nomad alloc exec`) closes stdin; Go's universal executor
                 // reports no exit before that (exec.Cmd.Wait waits for its stdin copier).
-                stdin_msg(b"", true),
+                exec_stream::stdin(b"", true),
             ],
             name,
         )
@@ -1047,16 +1018,19 @@ async fn exec_streaming_transcripts_match() {
         let pty = transcript(
             &mut run.exec,
             vec![
-                setup_msg(&["/bin/sh", "-c", "sleep 1; stty size"], true),
-                resize(50, 40),
-                resize(100, 100),
+                exec_stream::setup(&["/bin/sh", "-c", "sleep 1; stty size"], true),
+                exec_stream::resize(40, 50),
+                exec_stream::resize(100, 100),
             ],
             name,
         )
         .await;
         let stdin = transcript(
             &mut run.exec,
-            vec![setup_msg(&["cat"], false), stdin_msg(b"echoed\n", true)],
+            vec![
+                exec_stream::setup(&["cat"], false),
+                exec_stream::stdin(b"echoed\n", true),
+            ],
             name,
         )
         .await;
@@ -1122,9 +1096,12 @@ async fn exec_streaming_exit_while_stdin_is_open() {
         let req = request(r, &run.fx, "exec sleep 600", DEFAULT_ASK);
         run.launch(req).await;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(setup_msg(&["/bin/sh", "-c", "echo $$; exit 5"], false))
-            .await
-            .unwrap();
+        tx.send(exec_stream::setup(
+            &["/bin/sh", "-c", "echo $$; exit 5"],
+            false,
+        ))
+        .await
+        .unwrap();
         let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
         let mut stream = within("ExecStreaming", RPC, run.exec.exec_streaming(requests))
             .await
@@ -1155,7 +1132,7 @@ async fn exec_streaming_exit_while_stdin_is_open() {
         let mut rest = collect_events(&mut stream, Some(Duration::from_millis(500)), name).await;
         before.append(&mut rest);
         // (The send fails if the server already ended the call.)
-        let _ = tx.send(stdin_msg(b"", true)).await;
+        let _ = tx.send(exec_stream::stdin(b"", true)).await;
         let mut after = collect_events(&mut stream, None, name).await;
         // The two closes come from two goroutines (tasks) on each side: their order is not fixed.
         after.sort_by_key(|e| format!("{e:?}"));

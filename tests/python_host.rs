@@ -79,25 +79,26 @@ fn rust_plugin() -> Command {
     Command::new(common::example("grpctest_plugin"))
 }
 
+/// What the Python host got from `cmd` served on `network`; the plugin is killed afterwards.
+fn answers(py: &Path, cmd: Command, network: &str) -> serde_json::Value {
+    let (mut child, line) = serve(cmd, network);
+    assert_eq!(line.network.as_str(), network);
+    let got = call(py, &line);
+    child.kill().ok();
+    child.wait().ok();
+    got
+}
+
 #[test]
 fn grpcio_host_calls_the_rust_plugin_over_a_unix_socket() {
     let Some(py) = python() else { return };
-    let (mut child, line) = serve(rust_plugin(), "unix");
-    let got = call(&py, &line);
-    child.kill().ok();
-    child.wait().ok();
-    assert_eq!(got, expected());
+    assert_eq!(answers(&py, rust_plugin(), "unix"), expected());
 }
 
 #[test]
 fn grpcio_host_calls_the_rust_plugin_over_tcp() {
     let Some(py) = python() else { return };
-    let (mut child, line) = serve(rust_plugin(), "tcp");
-    assert_eq!(line.network.as_str(), "tcp");
-    let got = call(&py, &line);
-    child.kill().ok();
-    child.wait().ok();
-    assert_eq!(got, expected());
+    assert_eq!(answers(&py, rust_plugin(), "tcp"), expected());
 }
 
 #[test]
@@ -105,9 +106,5 @@ fn grpcio_host_gets_the_same_answers_from_the_go_plugin() {
     let Some(py) = python() else { return };
     let mut go = Command::new(go_bins().join("grpctest-plugin-go"));
     go.arg("test-grpc");
-    let (mut child, line) = serve(go, "unix");
-    let got = call(&py, &line);
-    child.kill().ok();
-    child.wait().ok();
-    assert_eq!(got, expected());
+    assert_eq!(answers(&py, go, "unix"), expected());
 }
