@@ -154,6 +154,7 @@ async fn main() {
         let _ = std::process::Command::new("sh")
             .args(["-c", "echo noise from a child process"])
             .status();
+        #[cfg(unix)]
         let _ = nix::unistd::write(std::io::stdout(), b"noise from fd 1\n");
     }
     if mode == "stderr" {

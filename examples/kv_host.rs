@@ -8,7 +8,7 @@
 //! kv_host --reattach STATEFILE get KEY               # talk to that plugin from a new process
 //! kv_host --reattach STATEFILE stop                  # and shut it down
 //! ```
-//! `KV_PLUGIN` is run through `sh -c`, as upstream's host does. Set `KV_AUTO_MTLS=1` for AutoMTLS.
+//! `KV_PLUGIN` is run through `sh -c`, as upstream's host does (on Windows it is the plugin's path). Set `KV_AUTO_MTLS=1` for AutoMTLS.
 
 use goplugin::proto::kv::kv_client::KvClient;
 use goplugin::proto::kv::{GetRequest, PutRequest};
@@ -21,8 +21,15 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 
 async fn start() -> Client {
     let plugin = std::env::var("KV_PLUGIN").unwrap_or_else(|_| fail("set KV_PLUGIN"));
-    let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", &plugin]);
+    #[cfg(unix)]
+    let cmd = {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", &plugin]);
+        cmd
+    };
+    // No `sh` on Windows: KV_PLUGIN is the plugin's path.
+    #[cfg(not(unix))]
+    let cmd = std::process::Command::new(&plugin);
     Client::builder(cmd, HandshakeConfig::new("BASIC_PLUGIN", "hello"))
         .auto_mtls(std::env::var_os("KV_AUTO_MTLS").is_some())
         .start()

@@ -24,6 +24,8 @@ pub(crate) mod inherit;
 pub(crate) mod mux;
 #[cfg(all(feature = "nomad", target_os = "linux"))]
 pub mod nomad;
+pub(crate) mod process;
+#[cfg(target_os = "linux")]
 pub(crate) mod procfs;
 pub mod proto;
 pub mod reattach;

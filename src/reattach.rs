@@ -71,13 +71,16 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
-/// A pid together with its start time (clock ticks since boot, `/proc/PID/stat` field 22).
+/// A pid together with its start time, so a pid the system has since given to another process is
+/// not taken for the recorded one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     /// Process id.
     #[serde(rename = "Pid")]
     pub pid: u32,
-    /// Start time in clock ticks after boot.
+    /// Start time in the platform's units: clock ticks after boot on Linux (`/proc/PID/stat`
+    /// field 22), the creation FILETIME (100 ns since 1601) on Windows, 0 on other Unix systems,
+    /// where only liveness is checked (as go-plugin does everywhere).
     #[serde(rename = "StartTicks")]
     pub start_ticks: u64,
 }
@@ -85,10 +88,7 @@ pub struct ProcessIdentity {
 impl ProcessIdentity {
     /// Reads the identity of a running process.
     pub fn of(pid: u32) -> Result<ProcessIdentity, String> {
-        if pid == 0 {
-            return Err("pid 0 names no process".into());
-        }
-        let start_ticks = start_ticks(pid)?;
+        let start_ticks = crate::process::start_time(pid)?;
         Ok(ProcessIdentity { pid, start_ticks })
     }
 
@@ -100,7 +100,7 @@ impl ProcessIdentity {
                 pid, self.pid
             ));
         }
-        let now = start_ticks(pid)?;
+        let now = crate::process::start_time(pid)?;
         if now != self.start_ticks {
             return Err(format!(
                 "pid {pid} now belongs to another process (started at tick {now}, recorded {})",
@@ -112,18 +112,8 @@ impl ProcessIdentity {
 
     /// Whether the recorded process still runs (a zombie counts as gone).
     pub fn is_alive(&self) -> bool {
-        self.check(self.pid).is_ok() && !is_zombie(self.pid)
+        self.check(self.pid).is_ok() && crate::process::is_running(self.pid)
     }
-}
-
-fn start_ticks(pid: u32) -> Result<u64, String> {
-    crate::procfs::stat(pid)
-        .map(|st| st.start_ticks)
-        .map_err(|e| e.to_string())
-}
-
-fn is_zombie(pid: u32) -> bool {
-    crate::procfs::stat(pid).map_or(true, |st| st.is_zombie())
 }
 
 /// The host's identity and the plugin's certificate of an AutoMTLS session, so a new host can

@@ -319,9 +319,11 @@ fn set_group_and_mode(path: &Path, gid: u32) -> Result<(), TransportError> {
 }
 
 /// Removes a unix socket file when its listener goes away.
+#[cfg(unix)]
 #[derive(Debug)]
 pub(crate) struct SocketFile(PathBuf);
 
+#[cfg(unix)]
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);

@@ -205,13 +205,20 @@ impl Drop for Inner {
         if !self.kill_on_drop || self.exit.borrow().is_some() {
             return;
         }
-        let still_ours = match &self.identity {
-            Some(id) => id.is_alive(),
-            None => self.pid != 0,
-        };
-        if still_ours {
-            kill_pid(self.pid);
+        if self.still_running() {
+            crate::process::kill(self.pid);
             reap(self.pid);
+        }
+    }
+}
+
+impl Inner {
+    /// Whether the plugin this client started or reattached to still runs as that process: its
+    /// recorded identity (pid and start time) when there is one, else no exit seen yet.
+    fn still_running(&self) -> bool {
+        match &self.identity {
+            Some(id) => id.is_alive(),
+            None => self.pid != 0 && self.exit.borrow().is_none(),
         }
     }
 }
@@ -223,7 +230,7 @@ fn reap(pid: u32) {
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
 }
 
-/// `taskkill /F` has ended the process; Windows keeps no zombies.
+/// `TerminateProcess` has ended the process; Windows keeps no zombies.
 #[cfg(not(unix))]
 fn reap(_pid: u32) {}
 
@@ -372,30 +379,8 @@ impl Client {
     }
 
     fn force_kill(&self) {
-        let still_ours = match &self.inner.identity {
-            Some(id) => id.is_alive(),
-            None => !self.exited(),
-        };
-        if still_ours {
-            kill_pid(self.inner.pid);
+        if self.inner.still_running() {
+            crate::process::kill(self.inner.pid);
         }
     }
-}
-
-/// SIGKILL, as Go's `Process.Kill` on Unix.
-#[cfg(unix)]
-fn kill_pid(pid: u32) {
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-}
-
-/// Forced termination, as Go's `Process.Kill` (TerminateProcess) on Windows.
-#[cfg(not(unix))]
-fn kill_pid(pid: u32) {
-    let _ = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }

@@ -14,7 +14,7 @@ use crate::broker::{Broker, Side};
 use crate::handshake::{env, HandshakeLine, Protocol};
 use crate::reattach::{ProcessIdentity, ReattachTls};
 use crate::tls::{self, Identity, MtlsConfig, PinnedPeers};
-use crate::transport::{self, ListenConfig};
+use crate::transport::ListenConfig;
 
 use super::*;
 
@@ -280,7 +280,7 @@ fn restrict_socket_dir(dir: &Path, group: Option<&str>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = match group {
         Some(g) => {
-            let gid = transport::resolve_group(g).map_err(std::io::Error::other)?;
+            let gid = crate::transport::resolve_group(g).map_err(std::io::Error::other)?;
             nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid)))?;
             0o770
         }
