@@ -3,8 +3,26 @@
 //!
 //! Both roles share this core: whoever accepts allocates an ID, whoever dials waits for the
 //! announcement (direct) or the knock ack (multiplexed), at most 5 s each, as Go does. The plugin
-//! role serves `plugin.GRPCBroker/StartStream` (`BrokerService`); the host role opens that stream
-//! and feeds it through [`Broker::attach`] and [`Broker::receive`].
+//! role serves `plugin.GRPCBroker/StartStream`; the host role ([`Client`](crate::Client)) opens
+//! that stream right after connecting. Authors get the broker of their side from
+//! [`Client::broker`](crate::Client::broker) or [`Services::broker`](crate::Services::broker):
+//!
+//! ```no_run
+//! # async fn demo(client: goplugin::Client) -> Result<(), goplugin::BrokerError> {
+//! use tonic::service::Routes;
+//!
+//! let broker = client.broker();
+//! // Serve a service of the host's on a fresh ID and tell the plugin that ID in an RPC of your
+//! // contract (go-plugin's bidirectional example passes it in a request field).
+//! let id = broker.next_id();
+//! let (_reporter, health) = tonic_health::server::health_reporter();
+//! broker.accept_and_serve(id, Routes::new(health)).await?;
+//! // Dial a server the plugin announced on an ID it handed over.
+//! let channel = broker.dial(7).await?;
+//! # let _ = channel;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -106,6 +124,7 @@ pub enum BrokerError {
 
 /// Which side of go-plugin this broker serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[doc(hidden)] // plumbing the crate's integration tests use; not API
 pub enum Side {
     /// The plugin (serves `StartStream`, yamux server).
     Plugin,
@@ -156,6 +175,7 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// A broker for `side`; `multiplexed` selects §9 over §8; `closed` ends it.
+    #[doc(hidden)] // plumbing the crate's integration tests use; not API
     pub fn new(
         side: Side,
         listen: ListenConfig,
@@ -360,11 +380,13 @@ impl Broker {
     }
 
     /// Makes `tx` the outbound half of the broker stream (a new host replaces the old one).
+    #[doc(hidden)] // plumbing the crate's integration tests use; not API
     pub fn attach(&self, tx: mpsc::Sender<ConnInfo>) {
         self.inner.out.send_replace(Some(tx));
     }
 
     /// Forgets `tx` if it is still the outbound half (its stream has ended).
+    #[doc(hidden)] // plumbing the crate's integration tests use; not API
     pub fn detach(&self, tx: &mpsc::Sender<ConnInfo>) {
         self.inner.out.send_if_modified(|current| {
             if current.as_ref().is_some_and(|c| c.same_channel(tx)) {
@@ -377,6 +399,7 @@ impl Broker {
     }
 
     /// Handles one message read from the broker stream.
+    #[doc(hidden)] // plumbing the crate's integration tests use; not API
     pub fn receive(&self, info: ConnInfo) {
         let id = info.service_id;
         if matches!(&info.knock, Some(k) if k.knock && !k.ack) {
@@ -442,6 +465,7 @@ impl Broker {
     /// Runs the yamux session over `conn` (multiplexed mode only). Inbound streams go to an
     /// armed brokered listener, else to the returned receiver (the plugin's main server); the
     /// host has no main server and drops unclaimed streams.
+    #[doc(hidden)] // plumbing the crate's integration tests use; not API
     pub fn start_mux(&self, conn: Conn) -> Result<mpsc::UnboundedReceiver<Conn>, BrokerError> {
         let mux = self.inner.mux.as_ref().ok_or(BrokerError::NoSession)?;
         let role = match self.inner.side {
@@ -487,6 +511,7 @@ impl Broker {
     }
 
     /// The multiplexed session, once established.
+    #[doc(hidden)] // plumbing the crate's integration tests use; not API
     pub fn mux_session(&self) -> Option<MuxSession> {
         self.inner.mux.as_ref()?.session.get().cloned()
     }

@@ -9,6 +9,17 @@ use crate::broker::{Broker, Side};
 use crate::proto::plugin::ConnInfo;
 use crate::transport::ListenConfig;
 
+/// The plugin's reading of `PLUGIN_PROTOCOL_VERSIONS` and `PLUGIN_MULTIPLEX_GRPC`
+/// (`src/negotiate.rs`).
+pub use crate::negotiate::{negotiate, parse_go_bool, HostVersions};
+
+/// The host's reading of a plugin's stderr lines and their re-emission (`src/hclog/parse.rs`,
+/// `src/hclog/emit.rs`).
+pub use crate::hclog::{
+    emit::emit as hclog_emit,
+    parse::{parse_line as hclog_parse_line, LogLine, StderrLogParser},
+};
+
 /// Go's `encoding/json` rules into any `Deserialize` type (`src/gojson.rs`).
 pub use crate::gojson::{from_slice as gojson_from_slice, from_str as gojson_from_str};
 

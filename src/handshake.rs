@@ -2,8 +2,9 @@
 //! that carry it, application protocol-version negotiation and the stdout handshake line
 //! (spec go-plugin-wire.md §2, §3, §5).
 
-use std::collections::BTreeSet;
 use std::fmt;
+
+use crate::negotiate::parse_go_bool;
 
 /// The core protocol version: field 1 of every handshake line.
 pub const CORE_PROTOCOL_VERSION: u32 = 1;
@@ -44,6 +45,21 @@ pub struct HandshakeConfig {
 
 impl HandshakeConfig {
     /// A handshake with protocol version 1 and the given cookie.
+    ///
+    /// ```
+    /// use goplugin::HandshakeConfig;
+    ///
+    /// // upstream's examples/grpc contract: cookie BASIC_PLUGIN=hello, protocol version 1.
+    /// let kv = HandshakeConfig::new("BASIC_PLUGIN", "hello");
+    /// assert_eq!(kv.protocol_version, 1);
+    /// // Nomad's helpers speak version 2 under NOMAD_PLUGIN_MAGIC_COOKIE.
+    /// let nomad = HandshakeConfig::new(
+    ///     "NOMAD_PLUGIN_MAGIC_COOKIE",
+    ///     "e4327c2e01eabfd75a8a67adb114fb34a757d57eee7728d857a8cec6e91a7255",
+    /// )
+    /// .with_protocol_version(2);
+    /// assert_eq!(nomad.protocol_version, 2);
+    /// ```
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
         Self {
             protocol_version: 1,
@@ -202,6 +218,23 @@ pub struct HandshakeLine {
 impl HandshakeLine {
     /// Parses a line with go-plugin's host rules (§5.2): whitespace trimmed, split on every `|`,
     /// at least four fields, field 6 kept only when longer than 50 characters.
+    ///
+    /// ```
+    /// use goplugin::{HandshakeLine, Network, Protocol};
+    ///
+    /// // What a go-plugin plugin prints on stdout once it listens (no AutoMTLS certificate).
+    /// let line = HandshakeLine::parse("1|1|unix|/tmp/plugin2817362041|grpc|\n").unwrap();
+    /// assert_eq!((line.core_version, line.app_version), (1, 1));
+    /// assert_eq!(line.network, Network::Unix);
+    /// assert_eq!(line.address, "/tmp/plugin2817362041");
+    /// assert_eq!(line.protocol, Protocol::Grpc);
+    /// assert_eq!(line.server_cert, None);
+    /// // And back, byte for byte as go-plugin writes it.
+    /// assert_eq!(line.to_string(), "1|1|unix|/tmp/plugin2817362041|grpc|");
+    /// // Go's own error texts for a line that is not one.
+    /// let err = HandshakeLine::parse("hello").unwrap_err();
+    /// assert!(err.to_string().contains("Unrecognized remote plugin message"));
+    /// ```
     pub fn parse(line: &str) -> Result<HandshakeLine, HandshakeError> {
         let line = line.trim();
         let parts: Vec<&str> = line.split('|').collect();
@@ -280,69 +313,9 @@ impl fmt::Display for HandshakeLine {
     }
 }
 
-/// Go's `strconv.ParseBool`.
-pub fn parse_go_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
-
-/// Outcome of reading `PLUGIN_PROTOCOL_VERSIONS` (§3).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HostVersions {
-    /// Every well-formed version the host offered.
-    pub versions: BTreeSet<u32>,
-    /// Entries that were not strict decimal integers, reported by the plugin on stderr.
-    pub invalid: Vec<String>,
-}
-
-impl HostVersions {
-    /// Parses the variable's value with Go's strict integer rules (no spaces, no sign games).
-    pub fn parse(value: &str) -> HostVersions {
-        let mut out = HostVersions::default();
-        if value.is_empty() {
-            return out;
-        }
-        for entry in value.split(',') {
-            match parse_strict_u32(entry) {
-                Some(v) => {
-                    out.versions.insert(v);
-                }
-                None => out.invalid.push(entry.to_string()),
-            }
-        }
-        out
-    }
-}
-
-fn parse_strict_u32(s: &str) -> Option<u32> {
-    let digits = s.strip_prefix('+').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// Picks the version a plugin announces (§3): the highest plugin version the host offered, else
-/// the plugin's lowest (the host will then refuse it). `None` only when the plugin has no version.
-pub fn negotiate(plugin_versions: &BTreeSet<u32>, host: &HostVersions) -> Option<u32> {
-    plugin_versions
-        .iter()
-        .rev()
-        .find(|v| host.versions.contains(v))
-        .or_else(|| plugin_versions.iter().next())
-        .copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn set(v: &[u32]) -> BTreeSet<u32> {
-        v.iter().copied().collect()
-    }
 
     #[test]
     fn formats_plain_grpc_line_with_empty_field_six() {
@@ -430,26 +403,5 @@ mod tests {
             HandshakeLine::parse("1|1|tcp|:1|grpc||maybe"),
             Err(HandshakeError::BadMuxField { .. })
         ));
-    }
-
-    #[test]
-    fn negotiates_highest_common_version() {
-        let host = HostVersions::parse("3,1,2");
-        assert_eq!(negotiate(&set(&[1, 2]), &host), Some(2));
-        assert_eq!(negotiate(&set(&[2, 3, 4]), &host), Some(3));
-    }
-
-    #[test]
-    fn falls_back_to_lowest_without_common_version() {
-        assert_eq!(negotiate(&set(&[2, 3]), &HostVersions::parse("1")), Some(2));
-        assert_eq!(negotiate(&set(&[2, 3]), &HostVersions::parse("")), Some(2));
-        assert_eq!(negotiate(&set(&[]), &HostVersions::parse("1")), None);
-    }
-
-    #[test]
-    fn reports_invalid_version_entries() {
-        let v = HostVersions::parse("1, 2,x,,3");
-        assert_eq!(v.versions, set(&[1, 3]));
-        assert_eq!(v.invalid, vec![" 2", "x", ""]);
     }
 }

@@ -22,6 +22,7 @@ pub mod hclog;
 #[allow(unsafe_code)] // pre_exec and close_range(2), which nix does not wrap
 pub(crate) mod inherit;
 pub(crate) mod mux;
+pub(crate) mod negotiate;
 #[cfg(all(feature = "nomad", target_os = "linux"))]
 pub mod nomad;
 pub(crate) mod process;

@@ -62,6 +62,24 @@ impl ReattachConfig {
 
     /// Parses a reattach record as Go's `encoding/json` would (Nomad writes it with Go: keys
     /// match field names case-insensitively, the last of two wins, unknown keys are ignored).
+    ///
+    /// ```
+    /// use goplugin::ReattachConfig;
+    ///
+    /// // Key case does not matter to Go, and unknown keys are skipped.
+    /// let cfg = ReattachConfig::from_json(
+    ///     r#"{"protocol":"grpc","ProtocolVersion":2,"network":"unix",
+    ///         "Addr":"/tmp/plugin1234","Pid":4242,"Note":"ignored"}"#,
+    /// )
+    /// .unwrap();
+    /// assert_eq!(cfg.protocol, "grpc");
+    /// assert_eq!(cfg.addr, "/tmp/plugin1234");
+    /// assert_eq!(cfg.pid, 4242);
+    /// assert!(cfg.process.is_none() && cfg.tls.is_none());
+    /// // Written back with go-plugin's field names, for a Go host to read.
+    /// let json = serde_json::to_string(&cfg).unwrap();
+    /// assert!(json.contains(r#""Addr":"/tmp/plugin1234""#), "{json}");
+    /// ```
     pub fn from_json(json: &str) -> Result<ReattachConfig, serde_json::Error> {
         crate::gojson::from_str(json)
     }

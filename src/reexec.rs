@@ -29,6 +29,24 @@ impl Entry {
 /// returns so `main` goes on. Call it first in `main`. Exiting is the point of this explicit
 /// helper (a re-executed child has nothing else to do); no other library call exits, except the
 /// opt-in panic hook ([`crate::hclog::install_panic_hook`]).
+///
+/// ```no_run
+/// use std::ffi::OsString;
+/// use goplugin::reexec::{self, Entry};
+///
+/// fn kv_plugin(_args: Vec<OsString>) -> i32 {
+///     // serve the plugin here (goplugin::Server), return its exit code
+///     0
+/// }
+///
+/// fn main() {
+///     // `my-binary kv ...` runs the plugin; anything else falls through to the host below.
+///     reexec::dispatch(&[Entry::new("kv", kv_plugin)]);
+///     let cmd = reexec::command("kv").expect("this binary's own path");
+///     // ...hand `cmd` to goplugin::Client::builder(cmd, handshake)
+/// #   let _ = cmd;
+/// }
+/// ```
 pub fn dispatch(entries: &[Entry]) {
     let mut args = std::env::args_os().skip(1);
     let Some(first) = args.next() else { return };

@@ -29,10 +29,8 @@ use tonic::service::{Routes, RoutesBuilder};
 
 use crate::broker::{Broker, BrokerService, Side};
 use crate::controller::ControllerService;
-use crate::handshake::{
-    env, negotiate, parse_go_bool, HandshakeConfig, HandshakeLine, HostVersions, Protocol,
-    CORE_PROTOCOL_VERSION,
-};
+use crate::handshake::{env, HandshakeConfig, HandshakeLine, Protocol, CORE_PROTOCOL_VERSION};
+use crate::negotiate::{negotiate, parse_go_bool, HostVersions};
 use crate::proto::plugin::grpc_broker_server::GrpcBrokerServer;
 use crate::proto::plugin::grpc_controller_server::GrpcControllerServer;
 use crate::proto::plugin::grpc_stdio_server::GrpcStdioServer;

@@ -291,7 +291,7 @@ fn bind_tcp(port: u16) -> Result<TcpListener, TransportError> {
 
 /// Resolves a group name or numeric gid (name first, as Go's `user.LookupGroup` then `LookupGroupId`).
 #[cfg(unix)]
-pub fn resolve_group(group: &str) -> Result<u32, TransportError> {
+pub(crate) fn resolve_group(group: &str) -> Result<u32, TransportError> {
     if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
         return Ok(g.gid.as_raw());
     }
@@ -382,6 +382,7 @@ impl Listener {
 }
 
 /// Dials a `unix` path or a `tcp` `host:port` (an empty host means loopback, as Go resolves `:1234`).
+#[doc(hidden)] // plumbing the crate's integration tests use; not API
 pub async fn dial(network: Network, address: &str) -> Result<Conn, TransportError> {
     let err = |source| TransportError::Dial {
         network,
@@ -411,6 +412,7 @@ pub async fn dial(network: Network, address: &str) -> Result<Conn, TransportErro
 /// Runs one gRPC client connection (HTTP/2) over an already-open connection. The channel does
 /// not redial: once that connection is gone, calls fail with `UNAVAILABLE`, as a go-plugin
 /// client's do.
+#[doc(hidden)] // plumbing the crate's integration tests use; not API
 pub async fn grpc_channel(
     conn: Conn,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
@@ -428,11 +430,13 @@ pub async fn grpc_channel(
 }
 
 /// Any byte stream a gRPC connection can run on.
+#[doc(hidden)] // plumbing the crate's integration tests use; not API
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// One connection: a socket, a yamux stream, or either inside TLS. tonic serves it and dials
 /// through it without knowing which.
+#[doc(hidden)] // plumbing the crate's integration tests use; not API
 pub struct Conn(Pin<Box<dyn Io>>);
 
 impl Conn {

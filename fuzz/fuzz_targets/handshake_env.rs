@@ -10,7 +10,8 @@
 
 use std::collections::BTreeSet;
 
-use goplugin::handshake::{env, negotiate, parse_go_bool, HostVersions};
+use goplugin::fuzzing::{negotiate, parse_go_bool, HostVersions};
+use goplugin::handshake::env;
 use goplugin::{ListenConfig, Network};
 use libfuzzer_sys::fuzz_target;
 

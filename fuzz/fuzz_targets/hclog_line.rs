@@ -1,5 +1,5 @@
-//! A plugin's stderr as the host reads it (`goplugin::hclog::parse_line`, `StderrLogParser`,
-//! `emit`; go-plugin-wire.md §13), and the plugin side's JSON lines read back.
+//! A plugin's stderr as the host reads it (`src/hclog/parse.rs` and `emit.rs` through
+//! `goplugin::fuzzing`; go-plugin-wire.md §13), and the plugin side's JSON lines read back.
 //!
 //! Input: stderr bytes, split into lines as the host splits them. Properties: never a panic;
 //! a plain line keeps its text and a JSON line its raw text; the stateful parser agrees with the
@@ -11,7 +11,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use goplugin::hclog::{self, HclogLayer, LogLine, StderrLogParser};
+use goplugin::fuzzing::{hclog_emit, hclog_parse_line, LogLine, StderrLogParser};
+use goplugin::hclog::HclogLayer;
 use libfuzzer_sys::fuzz_target;
 use tracing::{Dispatch, Level};
 use tracing_subscriber::layer::SubscriberExt;
@@ -86,7 +87,7 @@ fn check_round_trip(plugin: &Plugin, text: &str) {
         .strip_suffix('\n')
         .expect("one line ending in a newline");
     assert!(!line.contains('\n'), "{line:?}");
-    match hclog::parse_line(line) {
+    match hclog_parse_line(line) {
         LogLine::Json {
             level,
             message,
@@ -110,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
     let mut parser = StderrLogParser::new();
     for line in stderr.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        let stateless = hclog::parse_line(line);
+        let stateless = hclog_parse_line(line);
         match &stateless {
             LogLine::Plain { text, .. } => assert_eq!(text, line),
             LogLine::Json { raw, .. } => assert_eq!(raw, line),
@@ -123,8 +124,8 @@ fuzz_target!(|data: &[u8]| {
             }
             (a, b) => assert_eq!(a, b),
         }
-        hclog::emit(&stateful, "fuzz");
-        hclog::emit(&LogLine::fragment(line), "fuzz");
+        hclog_emit(&stateful, "fuzz");
+        hclog_emit(&LogLine::fragment(line), "fuzz");
     }
     check_round_trip(plugin, &stderr);
 });

@@ -49,6 +49,14 @@ pub fn log_kv(level: Level, message: &str, fields: &[(&str, Value)]) {
 /// taken now, filtered by the `EnvFilter` directives in `GOPLUGIN_LOG` (default `info`). Also
 /// bridges the `log` crate unless a `log` logger is already set. Before or after the server
 /// redirects fd 2 for stdio streaming, the lines go to the real stderr (the host's log).
+///
+/// ```no_run
+/// // First thing in a plugin's main: every `tracing` event (and `log` record) becomes one
+/// // hclog JSON line on stderr, which a Go host logs under its plugin logger at the event's
+/// // level, with its fields.
+/// goplugin::hclog::init_plugin_logging("kv-plugin").expect("logging installed once");
+/// tracing::info!(key = "hello", "put");
+/// ```
 pub fn init_plugin_logging(module: &str) -> Result<(), HclogError> {
     let directives = match std::env::var_os(LOG_FILTER_ENV) {
         Some(value) if !value.is_empty() => value.to_string_lossy().into_owned(),

@@ -9,8 +9,8 @@
 //! [`install_panic_hook`] writes a Go-like `panic: ` report to the same descriptor so a Go host
 //! switches to Error level for it.
 //!
-//! Host side: [`parse_line`] and [`StderrLogParser`] apply go-plugin v1.8.0's rules to one stderr
-//! line of a plugin, and [`emit`] re-emits the result as a `tracing` event with target
+//! Host side (crate-private, used by [`Client`](crate::Client)): each stderr line of a plugin is
+//! read with go-plugin v1.8.0's rules and re-emitted as a `tracing` event with target
 //! [`HOST_TARGET`].
 
 use std::io::{self, Write};
@@ -19,16 +19,16 @@ use std::time::Duration;
 
 use tracing_subscriber::filter::ParseError;
 
-mod emit;
+pub(crate) mod emit;
 mod install;
 mod json_line;
 mod layer;
 mod panic;
-mod parse;
+pub(crate) mod parse;
 #[cfg(test)]
 mod test_support;
 
-pub use emit::emit;
+pub(crate) use emit::emit;
 #[cfg(test)]
 use emit::format_go_plain_timestamp;
 pub use install::{init_plugin_logging, init_plugin_logging_with, log_kv};
@@ -38,7 +38,9 @@ pub use layer::HclogLayer;
 pub use panic::{install_panic_hook, PANIC_EXIT_CODE};
 #[cfg(test)]
 use parse::parse_hclog_timestamp;
-pub use parse::{parse_line, LogLine, StderrLogParser};
+#[cfg(test)]
+pub(crate) use parse::parse_line;
+pub(crate) use parse::{LogLine, StderrLogParser};
 
 /// go-plugin's default `PluginLogBufferSize`: a Go host reads stderr lines in pieces of this many
 /// bytes and logs the pieces of a longer line verbatim at Debug, unparsed.
@@ -50,7 +52,8 @@ pub const LOG_FILTER_ENV: &str = "GOPLUGIN_LOG";
 /// The filter [`init_plugin_logging`] uses when [`LOG_FILTER_ENV`] is unset or empty.
 pub const DEFAULT_LOG_FILTER: &str = "info";
 
-/// The `tracing` target of the events [`emit`] produces for a plugin's stderr lines.
+/// The `tracing` target of the events a [`Client`](crate::Client) emits for its plugin's stderr
+/// lines (filter on it to route or silence them).
 pub const HOST_TARGET: &str = "goplugin::plugin";
 
 /// The Go layout of `@timestamp` (hclog's `TimeFormatJSON`, the layout go-plugin's host parses).

@@ -262,6 +262,7 @@ impl StderrLogParser {
     }
 
     /// Whether a `panic: `/`fatal error: ` line has been seen.
+    #[cfg(test)]
     pub fn in_panic(&self) -> bool {
         self.in_panic
     }

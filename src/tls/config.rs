@@ -34,6 +34,21 @@ pub struct MtlsConfig {
 
 impl MtlsConfig {
     /// Builds both roles from our identity and the peer certificates we trust.
+    ///
+    /// ```
+    /// use goplugin::tls::{Identity, MtlsConfig, PinnedPeers};
+    ///
+    /// // Pre-shared TLS between a host and a plugin that know each other's certificates:
+    /// // each side trusts exactly the other's (P-521, as AutoMTLS generates).
+    /// let host = Identity::generate().unwrap();
+    /// let plugin = Identity::generate().unwrap();
+    /// let host_side =
+    ///     MtlsConfig::new(&host, PinnedPeers::from_pem(&plugin.cert_pem()).unwrap()).unwrap();
+    /// let plugin_side =
+    ///     MtlsConfig::new(&plugin, PinnedPeers::from_pem(&host.cert_pem()).unwrap()).unwrap();
+    /// # let _ = (host_side, plugin_side);
+    /// // host: `ClientBuilder::tls(host_side)`; plugin: `Server::tls(plugin_side)`.
+    /// ```
     pub fn new(own: &Identity, peers: PinnedPeers) -> Result<Self, TlsError> {
         Self::with_versions(own, peers, rustls::ALL_VERSIONS)
     }
@@ -88,6 +103,7 @@ impl MtlsConfig {
     }
 
     /// Runs the client side of a TLS handshake over `conn` (ALPN h2, our server name).
+    #[doc(hidden)] // plumbing the crate's integration tests use; not API
     pub async fn connect(
         &self,
         conn: crate::transport::Conn,
@@ -100,6 +116,7 @@ impl MtlsConfig {
     }
 
     /// Runs the server side of a TLS handshake over `conn`, requiring the pinned client cert.
+    #[doc(hidden)] // plumbing the crate's integration tests use; not API
     pub async fn accept(
         &self,
         conn: crate::transport::Conn,
