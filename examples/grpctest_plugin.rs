@@ -2,7 +2,8 @@
 //! served by a Rust plugin, with the modes compat-tests drives (spec §19 direction A):
 //! `test-grpc` (default, v1), `test-mtls` (v2), `test-versioned` (v2 and v3), `stderr`,
 //! `stdin`, `cleanup PATH`, `noisy` (prints to stdout before serving),
-//! `misconfigured` (empty cookie in its own config).
+//! `misconfigured` (empty cookie in its own config), `test-grpc-tls` (pre-shared TLS from the PEMs
+//! in `GRPCTEST_TLS_{CERT,KEY,CA}_PEM`, as go-plugin's `helperTLSProvider`).
 
 use std::io::Write;
 use std::pin::Pin;
@@ -122,6 +123,50 @@ fn register(s: &mut Services) {
     s.add_service(TestServer::new(TestPlugin { broker }));
 }
 
+/// go-plugin's `helperTLSProvider` from `GRPCTEST_TLS_{CERT,KEY,CA}_PEM`: serve the certificate,
+/// verify a client certificate against the CA if one is given (Go's `VerifyClientCertIfGiven`),
+/// and present the same certificate when dialing the host's brokered servers.
+fn preshared_tls() -> Result<goplugin::tls::MtlsConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+    let pem = |name: &str| std::env::var(name).map_err(|e| format!("{name}: {e}"));
+    fn bad(name: &'static str) -> impl Fn(rustls_pki_types::pem::Error) -> String {
+        move |e| format!("{name}: {e}")
+    }
+    let cert = CertificateDer::from_pem_slice(pem("GRPCTEST_TLS_CERT_PEM")?.as_bytes())
+        .map_err(bad("GRPCTEST_TLS_CERT_PEM"))?;
+    let key = PrivateKeyDer::from_pem_slice(pem("GRPCTEST_TLS_KEY_PEM")?.as_bytes())
+        .map_err(bad("GRPCTEST_TLS_KEY_PEM"))?;
+    let ca = CertificateDer::from_pem_slice(pem("GRPCTEST_TLS_CA_PEM")?.as_bytes())
+        .map_err(bad("GRPCTEST_TLS_CA_PEM"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).map_err(|e| e.to_string())?;
+    let roots = Arc::new(roots);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| e.to_string())?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert.clone()], key.clone_key())
+        .map_err(|e| e.to_string())?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    Ok(goplugin::tls::MtlsConfig::from_rustls(client, server, name))
+}
+
 fn fail(e: impl std::fmt::Display) -> ! {
     goplugin::stdio::write_stderr(&format!("grpctest plugin: {e}\n"));
     std::process::exit(1)
@@ -144,6 +189,10 @@ async fn main() {
         "test-versioned" => Server::new(handshake)
             .version(2, register)
             .version(3, register),
+        // go-plugin's `test-grpc-tls`: pre-shared TLS (`ServeConfig.TLSProvider`) from PEMs.
+        "test-grpc-tls" => Server::new(handshake)
+            .services(register)
+            .tls(preshared_tls().unwrap_or_else(|e| fail(e))),
         other => fail(format!("unknown mode {other:?}")),
     };
     if mode == "noisy" {

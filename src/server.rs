@@ -176,6 +176,7 @@ pub struct Server {
     shutdown_grace: Duration,
     on_serving: Option<OnServing>,
     max_message_size: usize,
+    tls: Option<MtlsConfig>,
 }
 
 impl Server {
@@ -189,7 +190,20 @@ impl Server {
             shutdown_grace: Duration::from_secs(1),
             on_serving: None,
             max_message_size: crate::MAX_MESSAGE_SIZE,
+            tls: None,
         }
+    }
+
+    /// Serves every connection, brokered ones too, with pre-shared TLS: go-plugin's
+    /// `ServeConfig.TLSProvider`. As there, it wins over AutoMTLS (`PLUGIN_CLIENT_CERT` is then
+    /// not read) and the handshake line carries no certificate, so the host must already trust
+    /// this config's certificate (go-plugin's `ClientConfig.TLSConfig`, here
+    /// [`ClientBuilder::tls`](crate::ClientBuilder::tls)). Build it with
+    /// [`MtlsConfig::new`](crate::tls::MtlsConfig::new) (pinned peers) or
+    /// [`MtlsConfig::from_rustls`](crate::tls::MtlsConfig::from_rustls) (a CA, as Vault's).
+    pub fn tls(mut self, tls: MtlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Registers the services of the handshake's own protocol version.
@@ -259,7 +273,14 @@ impl Server {
             .remove(&version)
             .ok_or(ServeError::NoServices)?;
 
-        let tls = auto_mtls()?;
+        // go-plugin: a TLSProvider's config first, else AutoMTLS if the host asked for it.
+        let (tls, server_cert) = match self.tls.take() {
+            Some(config) => (Some(config), None),
+            None => match auto_mtls()? {
+                Some((identity, config)) => (Some(config), Some(identity.cert_base64())),
+                None => (None, None),
+            },
+        };
         let mux_env = std::env::var(env::MULTIPLEX_GRPC).unwrap_or_default();
         let multiplexed = parse_go_bool(&mux_env) == Some(true);
         let listen = match self.listen.take() {
@@ -272,7 +293,7 @@ impl Server {
         let broker = Broker::new(
             Side::Plugin,
             listen,
-            tls.as_ref().map(|(_, c)| c.clone()),
+            tls.clone(),
             multiplexed,
             shutdown.clone(),
         );
@@ -284,11 +305,11 @@ impl Server {
             network: listener.network(),
             address: listener.address(),
             protocol: Protocol::Grpc,
-            server_cert: tls.as_ref().map(|(id, _)| id.cert_base64()),
+            server_cert,
             multiplex: (!mux_env.is_empty()).then_some(true),
         };
         let (incoming, accepting) = incoming(listener, &broker, multiplexed, &shutdown);
-        let incoming = tls_incoming(incoming, tls.map(|(_, c)| c));
+        let incoming = tls_incoming(incoming, tls);
         if let Err(e) = stdio::write_handshake(&line.to_string()) {
             shutdown.cancel();
             return Err(ServeError::Handshake(e));

@@ -382,8 +382,7 @@ impl Listener {
 }
 
 /// Dials a `unix` path or a `tcp` `host:port` (an empty host means loopback, as Go resolves `:1234`).
-#[doc(hidden)] // plumbing the crate's integration tests use; not API
-pub async fn dial(network: Network, address: &str) -> Result<Conn, TransportError> {
+pub(crate) async fn dial(network: Network, address: &str) -> Result<Conn, TransportError> {
     let err = |source| TransportError::Dial {
         network,
         address: address.to_string(),
@@ -412,8 +411,7 @@ pub async fn dial(network: Network, address: &str) -> Result<Conn, TransportErro
 /// Runs one gRPC client connection (HTTP/2) over an already-open connection. The channel does
 /// not redial: once that connection is gone, calls fail with `UNAVAILABLE`, as a go-plugin
 /// client's do.
-#[doc(hidden)] // plumbing the crate's integration tests use; not API
-pub async fn grpc_channel(
+pub(crate) async fn grpc_channel(
     conn: Conn,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(conn)));

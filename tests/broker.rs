@@ -13,7 +13,7 @@ use goplugin::proto::grpctest::{BidirectionalRequest, TestRequest};
 use goplugin::proto::plugin::conn_info::Knock;
 use goplugin::proto::plugin::grpc_broker_client::GrpcBrokerClient;
 use goplugin::proto::plugin::ConnInfo;
-use goplugin::transport::{grpc_channel, ListenConfig};
+use goplugin::transport::ListenConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -38,9 +38,12 @@ async fn connect_host(p: &common::Plugin, multiplexed: bool) -> Host {
         closed.clone(),
     );
     let main = if multiplexed {
-        let _unclaimed = broker.start_mux(p.conn().await).unwrap();
+        let conn = goplugin::transport::Conn::new(p.conn().await);
+        let _unclaimed = broker.start_mux(conn).unwrap();
         let session = broker.mux_session().unwrap();
-        grpc_channel(session.open().await.unwrap()).await.unwrap()
+        common::wire::grpc_channel(Box::pin(session.open().await.unwrap()))
+            .await
+            .unwrap()
     } else {
         p.channel(None).await
     };

@@ -1618,10 +1618,10 @@ async fn new_connection_at_the_limit(client: &Client) -> String {
         goplugin::handshake::Network::Tcp
     };
     let attempt = async {
-        let conn = goplugin::transport::dial(network, &cfg.addr)
+        let conn = common::wire::dial(network, &cfg.addr)
             .await
             .map_err(|e| e.to_string())?;
-        let channel = goplugin::transport::grpc_channel(conn)
+        let channel = common::wire::grpc_channel(conn)
             .await
             .map_err(|e| e.to_string())?;
         HealthClient::new(channel)

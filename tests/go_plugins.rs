@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::go::{compat, go_bins, go_plugin_test_tls, reference};
+use common::go::{compat, go_bins, go_plugin_test_pems, go_plugin_test_tls, reference};
 use common::Buf;
 
 use std::process::{Command, Stdio};
@@ -85,6 +85,43 @@ async fn reference_pre_shared_tls() {
             .await
             .is_err());
         plain.kill().await;
+    }
+}
+
+/// The plugin side of pre-shared TLS (`Server::tls`, go-plugin's `ServeConfig.TLSProvider`):
+/// the Rust grpctest plugin in `test-grpc-tls` mode serves go-plugin's `helperTLSProvider`
+/// material and answers the same host as the Go reference does: no certificate in the handshake
+/// line, calls and a brokered round trip over TLS, and a host without TLS refused by both.
+#[tokio::test]
+async fn rust_plugin_pre_shared_tls_as_the_go_reference() {
+    let (ca, cert, key) = go_plugin_test_pems();
+    let rust = || {
+        let mut cmd = Command::new(common::example("grpctest_plugin"));
+        cmd.arg("test-grpc-tls")
+            .env("GRPCTEST_TLS_CA_PEM", &ca)
+            .env("GRPCTEST_TLS_CERT_PEM", &cert)
+            .env("GRPCTEST_TLS_KEY_PEM", &key);
+        cmd
+    };
+    for (name, plugin) in [("go", reference("test-grpc-tls")), ("rust", rust())] {
+        let client = Client::builder(plugin, handshake())
+            .tls(go_plugin_test_tls())
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(client.plugin_certificate(), None, "{name}");
+        assert_eq!(double(&client, 21).await, 42, "{name}");
+        common::broker_round_trip(&client.broker(), client.channel()).await;
+        client.kill().await;
+    }
+    for (name, plugin) in [("go", reference("test-grpc-tls")), ("rust", rust())] {
+        if let Ok(plain) = Client::builder(plugin, handshake()).start().await {
+            let r = TestClient::new(plain.channel())
+                .double(TestRequest { input: 1 })
+                .await;
+            assert!(r.is_err(), "{name}: a plaintext host got an answer");
+            plain.kill().await;
+        }
     }
 }
 

@@ -247,7 +247,7 @@ async fn raw_tls_roundtrip(p: &common::Plugin, client: Option<&Identity>) -> std
     let pinned = PinnedPeers::from_certs([plugin_cert(p)]).unwrap();
     let conn = p.conn().await;
     let result = match client {
-        Some(id) => MtlsConfig::new(id, pinned).unwrap().connect(conn).await,
+        Some(id) => common::wire::tls_connect(&MtlsConfig::new(id, pinned).unwrap(), conn).await,
         None => {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -261,7 +261,7 @@ async fn raw_tls_roundtrip(p: &common::Plugin, client: Option<&Identity>) -> std
             connector
                 .connect(tls::server_name(), conn)
                 .await
-                .map(goplugin::transport::Conn::new)
+                .map(|s| Box::pin(s) as common::wire::Stream)
         }
     };
     let mut conn = result?;
@@ -296,7 +296,7 @@ async fn plaintext_client_is_refused_by_an_auto_mtls_plugin() {
     let (_host, pem) = host_identity();
     let p = start(&[], &[("PLUGIN_CLIENT_CERT", &pem)]);
     let conn = p.conn().await;
-    if let Ok(channel) = goplugin::transport::grpc_channel(conn).await {
+    if let Ok(channel) = common::wire::grpc_channel(conn).await {
         let err = TestClient::new(channel)
             .double(TestRequest { input: 1 })
             .await

@@ -3,6 +3,7 @@ package gohost
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -93,7 +94,8 @@ type hostOpts struct {
 	// otherwise it offers protocol version 1 (Handshake + Plugins).
 	versions []int
 	autoMTLS bool
-	mux      bool // GRPCBrokerMultiplex
+	tls      *tls.Config // ClientConfig.TLSConfig: pre-shared TLS
+	mux      bool        // GRPCBrokerMultiplex
 	env      []string
 	stderr   io.Writer // ClientConfig.Stderr
 	syncOut  io.Writer
@@ -134,6 +136,7 @@ func newHost(t *testing.T, path string, o hostOpts) *host {
 		AllowedProtocols:    []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:              logger,
 		AutoMTLS:            o.autoMTLS,
+		TLSConfig:           o.tls,
 		GRPCBrokerMultiplex: o.mux,
 		Stderr:              o.stderr,
 		SyncStdout:          o.syncOut,

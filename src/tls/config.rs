@@ -103,8 +103,7 @@ impl MtlsConfig {
     }
 
     /// Runs the client side of a TLS handshake over `conn` (ALPN h2, our server name).
-    #[doc(hidden)] // plumbing the crate's integration tests use; not API
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         conn: crate::transport::Conn,
     ) -> std::io::Result<crate::transport::Conn> {
@@ -116,8 +115,7 @@ impl MtlsConfig {
     }
 
     /// Runs the server side of a TLS handshake over `conn`, requiring the pinned client cert.
-    #[doc(hidden)] // plumbing the crate's integration tests use; not API
-    pub async fn accept(
+    pub(crate) async fn accept(
         &self,
         conn: crate::transport::Conn,
     ) -> std::io::Result<crate::transport::Conn> {

@@ -67,12 +67,9 @@ pub fn compat(args: &[&str]) -> Command {
     cmd
 }
 
-/// go-plugin's own test TLS material (`TestClusterCACert`, `TestClusterServerCert`/`Key` in
-/// plugin_test.go of the module cache), as the pre-shared TLS settings its `TestClient_TLS_grpc`
-/// host uses: trust the CA, dial `127.0.0.1`, serve brokered connections with the server cert.
-pub fn go_plugin_test_tls() -> goplugin::tls::MtlsConfig {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+/// go-plugin's own test TLS material from plugin_test.go of the module cache, PEM:
+/// (`TestClusterCACert`, `TestClusterServerCert`, `TestClusterServerKey`).
+pub fn go_plugin_test_pems() -> (String, String, String) {
     let compat = PathBuf::from(MANIFEST).join("compat-tests");
     let out = Command::new("go")
         .args([
@@ -92,10 +89,22 @@ pub fn go_plugin_test_tls() -> goplugin::tls::MtlsConfig {
         let end = start + src[start..].find('`').unwrap();
         src[start..end].to_string()
     };
-    let ca = CertificateDer::from_pem_slice(constant("TestClusterCACert").as_bytes()).unwrap();
-    let cert =
-        CertificateDer::from_pem_slice(constant("TestClusterServerCert").as_bytes()).unwrap();
-    let key = PrivateKeyDer::from_pem_slice(constant("TestClusterServerKey").as_bytes()).unwrap();
+    (
+        constant("TestClusterCACert"),
+        constant("TestClusterServerCert"),
+        constant("TestClusterServerKey"),
+    )
+}
+
+/// The pre-shared TLS settings go-plugin's `TestClient_TLS_grpc` host uses with that material:
+/// trust the CA, dial `127.0.0.1`, serve brokered connections with the server cert.
+pub fn go_plugin_test_tls() -> goplugin::tls::MtlsConfig {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let (ca, cert, key) = go_plugin_test_pems();
+    let ca = CertificateDer::from_pem_slice(ca.as_bytes()).unwrap();
+    let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).unwrap();

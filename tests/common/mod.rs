@@ -8,6 +8,7 @@ pub mod exec_stream;
 pub mod faults;
 pub mod go;
 pub mod nomad;
+pub mod wire;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -16,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use goplugin::tls::MtlsConfig;
-use goplugin::transport::{self, Conn};
 use goplugin::HandshakeLine;
 
 /// `target/<profile>/examples/<name>`, next to this test binary's `deps/` directory.
@@ -113,9 +113,9 @@ impl Plugin {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
-    pub async fn conn(&self) -> Conn {
+    pub async fn conn(&self) -> wire::Stream {
         let l = self.line();
-        transport::dial(l.network, &l.address)
+        wire::dial(l.network, &l.address)
             .await
             .expect("dial plugin")
     }
@@ -123,10 +123,10 @@ impl Plugin {
     pub async fn channel(&self, tls: Option<&MtlsConfig>) -> tonic::transport::Channel {
         let conn = self.conn().await;
         let conn = match tls {
-            Some(t) => t.connect(conn).await.expect("TLS handshake"),
+            Some(t) => wire::tls_connect(t, conn).await.expect("TLS handshake"),
             None => conn,
         };
-        transport::grpc_channel(conn).await.expect("gRPC channel")
+        wire::grpc_channel(conn).await.expect("gRPC channel")
     }
 
     /// Waits up to `limit` for the process to exit.

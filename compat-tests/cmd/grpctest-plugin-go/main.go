@@ -9,12 +9,17 @@
 //	stderr          as test-grpc; right after the handshake writes six raw lines to stderr
 //	stdin           as test-grpc; after the handshake reads 5 bytes from stdin, exits 0 on "hello", else 1
 //	cleanup PATH    as test-grpc; once serving ends writes "foo" to PATH and exits 0
+//	test-grpc-tls   as test-grpc over pre-shared TLS (ServeConfig.TLSProvider): upstream's
+//	                helperTLSProvider built from the PEMs in GRPCTEST_TLS_{CERT,KEY,CA}_PEM
 //
 // The modes mirror upstream's TestHelperProcess (plugin_test.go) but every mode really serves.
 package main
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -50,6 +55,8 @@ func main() {
 	case "test-grpc":
 	case "test-mtls":
 		config.HandshakeConfig.ProtocolVersion = 2
+	case "test-grpc-tls":
+		config.TLSProvider = preSharedTLS
 	case "test-versioned":
 		config.HandshakeConfig = testplugin.VersionedHandshake
 		config.Plugins = nil
@@ -113,4 +120,25 @@ func afterHandshake(fn func(stderr *os.File)) {
 		fn(realStderr)
 		_, _ = io.Copy(realStdout, br)
 	}()
+}
+
+// preSharedTLS is upstream's helperTLSProvider (plugin_test.go) over the PEMs in the environment:
+// serve the certificate, verify a client certificate against the CA if one is given, and present
+// the same certificate when dialing the host's brokered servers.
+func preSharedTLS() (*tls.Config, error) {
+	cert, err := tls.X509KeyPair([]byte(os.Getenv("GRPCTEST_TLS_CERT_PEM")), []byte(os.Getenv("GRPCTEST_TLS_KEY_PEM")))
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM([]byte(os.Getenv("GRPCTEST_TLS_CA_PEM"))) {
+		return nil, errors.New("GRPCTEST_TLS_CA_PEM holds no certificate")
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      roots,
+		ClientCAs:    roots,
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ServerName:   "127.0.0.1",
+	}, nil
 }
