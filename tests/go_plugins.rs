@@ -91,7 +91,8 @@ async fn reference_pre_shared_tls() {
 /// The plugin side of pre-shared TLS (`Server::tls`, go-plugin's `ServeConfig.TLSProvider`):
 /// the Rust grpctest plugin in `test-grpc-tls` mode serves go-plugin's `helperTLSProvider`
 /// material and answers the same host as the Go reference does: no certificate in the handshake
-/// line, calls and a brokered round trip over TLS, and a host without TLS refused by both.
+/// line, calls and a brokered round trip over TLS, `PLUGIN_CLIENT_CERT` ignored (pre-shared TLS
+/// before AutoMTLS, as go-plugin orders them), and a host without TLS refused by both.
 #[tokio::test]
 async fn rust_plugin_pre_shared_tls_as_the_go_reference() {
     let (ca, cert, key) = go_plugin_test_pems();
@@ -112,6 +113,19 @@ async fn rust_plugin_pre_shared_tls_as_the_go_reference() {
         assert_eq!(client.plugin_certificate(), None, "{name}");
         assert_eq!(double(&client, 21).await, 42, "{name}");
         common::broker_round_trip(&client.broker(), client.channel()).await;
+        client.kill().await;
+    }
+    // Pre-shared TLS wins over AutoMTLS: a PLUGIN_CLIENT_CERT in the plugin's environment (here
+    // one that is no certificate at all, which AutoMTLS would refuse) is not even read.
+    for (name, mut plugin) in [("go", reference("test-grpc-tls")), ("rust", rust())] {
+        plugin.env("PLUGIN_CLIENT_CERT", "not a certificate");
+        let client = Client::builder(plugin, handshake())
+            .tls(go_plugin_test_tls())
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{name} with PLUGIN_CLIENT_CERT set: {e}"));
+        assert_eq!(client.plugin_certificate(), None, "{name}");
+        assert_eq!(double(&client, 4).await, 8, "{name}");
         client.kill().await;
     }
     for (name, plugin) in [("go", reference("test-grpc-tls")), ("rust", rust())] {
