@@ -1,15 +1,16 @@
 //! What the wire core asks of another process by pid, per platform: when it started (so a reused
-//! pid is not taken for the recorded plugin), whether it still runs, and a forced kill (Go's
-//! `Process.Kill`).
+//! pid is not taken for the recorded plugin; a process that has exited has no start time) and a
+//! forced kill (Go's `Process.Kill`).
 //!
-//! - Linux: the start time is `/proc/PID/stat` field 22 (clock ticks after boot); a zombie counts
-//!   as gone.
+//! - Linux: the start time is `/proc/PID/stat` field 22 (clock ticks after boot); a zombie has
+//!   exited.
 //! - Other Unix (macOS, the BSDs): no start time without a sysctl per platform, so it is 0 and the
 //!   check is liveness alone (`kill(pid, 0)`), which is what go-plugin's reattach checks.
-//! - Windows: the creation time from `GetProcessTimes` (100 ns units since 1601), alive while
-//!   `GetExitCodeProcess` says `STILL_ACTIVE`, killed with `TerminateProcess`.
+//! - Windows: the creation time from `GetProcessTimes` (100 ns units since 1601) while
+//!   `GetExitCodeProcess` says `STILL_ACTIVE`; killed with `TerminateProcess`.
 
-/// The start time of `pid` in the platform's units (see the module docs), or why it has none.
+/// The start time of the running process `pid` in the platform's units (see the module docs), or
+/// why there is none: no such process, or it has exited.
 pub(crate) fn start_time(pid: u32) -> Result<u64, String> {
     if pid == 0 {
         return Err("pid 0 names no process".into());
@@ -17,13 +18,18 @@ pub(crate) fn start_time(pid: u32) -> Result<u64, String> {
     imp::start_time(pid)
 }
 
-/// Whether `pid` names a running process (not a zombie).
-pub(crate) fn is_running(pid: u32) -> bool {
-    pid != 0 && imp::is_running(pid)
+/// Kills `pid` at once: SIGKILL on Unix. Errors are ignored: the process may have gone on its own.
+#[cfg(unix)]
+pub(crate) fn kill(pid: u32) {
+    if let Ok(pid @ 1..) = i32::try_from(pid) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
-/// Kills `pid` at once (SIGKILL; `TerminateProcess` on Windows). Errors are ignored: the process
-/// may have gone on its own.
+/// Kills `pid` at once: `TerminateProcess`. Errors are ignored: the process may have gone on its
+/// own.
+#[cfg(windows)]
 pub(crate) fn kill(pid: u32) {
     if pid != 0 {
         imp::kill(pid)
@@ -33,17 +39,11 @@ pub(crate) fn kill(pid: u32) {
 #[cfg(target_os = "linux")]
 mod imp {
     pub(super) fn start_time(pid: u32) -> Result<u64, String> {
-        crate::procfs::stat(pid)
-            .map(|st| st.start_ticks)
-            .map_err(|e| e.to_string())
-    }
-
-    pub(super) fn is_running(pid: u32) -> bool {
-        crate::procfs::stat(pid).is_ok_and(|st| !st.is_zombie())
-    }
-
-    pub(super) fn kill(pid: u32) {
-        super::unix_kill(pid)
+        let st = crate::procfs::stat(pid).map_err(|e| e.to_string())?;
+        if st.is_zombie() {
+            return Err(format!("pid {pid} has exited (a zombie)"));
+        }
+        Ok(st.start_ticks)
     }
 }
 
@@ -52,36 +52,16 @@ mod imp {
     use nix::errno::Errno;
     use nix::unistd::Pid;
 
-    pub(super) fn start_time(pid: u32) -> Result<u64, String> {
-        match signal_zero(pid) {
-            Ok(()) => Ok(0),
-            Err(e) => Err(format!("pid {pid}: {e}")),
-        }
-    }
-
-    pub(super) fn is_running(pid: u32) -> bool {
-        signal_zero(pid).is_ok()
-    }
-
     /// `kill(pid, 0)`: the process exists (EPERM: it exists but is not ours to signal).
-    fn signal_zero(pid: u32) -> Result<(), Errno> {
-        let pid = i32::try_from(pid).map_err(|_| Errno::ESRCH)?;
-        match nix::sys::signal::kill(Pid::from_raw(pid), None) {
-            Ok(()) | Err(Errno::EPERM) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub(super) fn kill(pid: u32) {
-        super::unix_kill(pid)
-    }
-}
-
-#[cfg(unix)]
-fn unix_kill(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let pid = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    pub(super) fn start_time(pid: u32) -> Result<u64, String> {
+        let exists = match i32::try_from(pid) {
+            Ok(raw) => match nix::sys::signal::kill(Pid::from_raw(raw), None) {
+                Ok(()) | Err(Errno::EPERM) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Err(_) => Err(Errno::ESRCH),
+        };
+        exists.map(|()| 0).map_err(|e| format!("pid {pid}: {e}"))
     }
 }
 
@@ -140,10 +120,6 @@ mod imp {
         Ok((u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
     }
 
-    pub(super) fn is_running(pid: u32) -> bool {
-        open(pid, PROCESS_QUERY_LIMITED_INFORMATION).is_ok_and(|h| still_active(&h))
-    }
-
     pub(super) fn kill(pid: u32) {
         if let Ok(handle) = open(pid, PROCESS_TERMINATE) {
             // SAFETY: a valid process handle opened with PROCESS_TERMINATE.
@@ -157,12 +133,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_process_runs_and_keeps_its_start_time() {
+    fn this_process_keeps_its_start_time() {
         let me = std::process::id();
-        assert!(is_running(me));
         assert_eq!(start_time(me).unwrap(), start_time(me).unwrap());
         assert!(start_time(0).is_err());
-        assert!(!is_running(0));
     }
 
     #[test]
@@ -178,10 +152,18 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        assert!(is_running(pid));
+        assert!(start_time(pid).is_ok());
         kill(pid);
+        // Killed but not yet reaped (a zombie on Linux, an exited handle on Windows): gone.
+        let t0 = std::time::Instant::now();
+        while start_time(pid).is_ok() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "pid {pid} survived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         child.wait().unwrap();
-        assert!(!is_running(pid));
         assert!(start_time(pid).is_err());
     }
 }

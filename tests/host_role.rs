@@ -121,6 +121,15 @@ async fn detects_a_crash() {
     }
 }
 
+/// The test plugin, its socket directory made under `parent`.
+async fn start_in(parent: &std::path::Path) -> Client {
+    Client::builder(plugin_cmd(&[]), test_handshake())
+        .socket_dir(parent)
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Whether `pid` names a process at all (a zombie counts: it was not reaped).
 fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -129,11 +138,7 @@ fn process_exists(pid: u32) -> bool {
 #[tokio::test]
 async fn dropping_a_started_client_kills_and_reaps_its_plugin() {
     let parent = tempfile::tempdir().unwrap();
-    let client = Client::builder(plugin_cmd(&[]), test_handshake())
-        .socket_dir(parent.path())
-        .start()
-        .await
-        .unwrap();
+    let client = start_in(parent.path()).await;
     let pid = client.pid();
     let clone = client.clone();
     drop(client);
@@ -227,11 +232,7 @@ async fn reattach_refuses_a_pid_that_now_belongs_to_another_process() {
 #[tokio::test]
 async fn socket_dir_is_private_and_removed_after_kill() {
     let parent = tempfile::tempdir().unwrap();
-    let client = Client::builder(plugin_cmd(&[]), test_handshake())
-        .socket_dir(parent.path())
-        .start()
-        .await
-        .unwrap();
+    let client = start_in(parent.path()).await;
     let addr = client.reattach_config().addr;
     let dir = std::path::Path::new(&addr).parent().unwrap().to_path_buf();
     assert_eq!(dir.parent().unwrap(), parent.path());
@@ -306,13 +307,13 @@ async fn a_plugin_that_never_prints_times_out_and_is_killed() {
     let script = format!("echo $$ > {}; exec sleep 30", pidfile.path().display());
     let err = start_err(fake(&script), Duration::from_millis(300)).await;
     assert!(matches!(err, ClientError::StartTimeout { .. }), "{err}");
-    let pid: i32 = std::fs::read_to_string(pidfile.path())
+    let pid: u32 = std::fs::read_to_string(pidfile.path())
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     let t0 = Instant::now();
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    while process_exists(pid) {
         assert!(t0.elapsed() < Duration::from_secs(3), "child not reaped");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -408,11 +409,7 @@ async fn failed_start_leaves_no_socket_dir_behind() {
         assert!(!err.to_string().is_empty());
     }
     // A real plugin that is then killed: its socket lived in the private dir, now gone too.
-    let client = Client::builder(plugin_cmd(&[]), test_handshake())
-        .socket_dir(parent.path())
-        .start()
-        .await
-        .unwrap();
+    let client = start_in(parent.path()).await;
     let pid = nix::unistd::Pid::from_raw(client.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     client.kill().await;
