@@ -6,6 +6,7 @@
 //! bench_host PLUGIN [--runs N] [--calls N] [--rounds N] [--mtls] [--multi-thread]
 //!                   [--channel client,tonic,direct]
 //! bench_host PLUGIN --stream [--size BYTES] [--msgs N] [--rounds N] [--multi-thread]
+//! bench_host PROGRAM --socket-floor [--calls N] [--rounds N]
 //! ```
 //!
 //! KV mode (go-plugin's `examples/grpc` contract, cookie `BASIC_PLUGIN=hello`): spawn to the first
@@ -22,6 +23,10 @@
 //! `examples/bench_plugin`): per round one plugin process, `StreamingFromServer` with messages of
 //! `--size` bytes, `--msgs`/10 untimed, then `--msgs` timed; messages per second.
 //!
+//! Socket-floor mode (`socket_floor`): per round `PROGRAM --socket-echo PATH` (bench_host
+//! itself, or a wrapper that pins it to a CPU and runs it) echoes 64-byte messages over a unix
+//! socket with blocking I/O; the round-trip p50/p99 are the floor under the unary rows.
+//!
 //! The runtime is current-thread unless `--multi-thread` (tokio's default: a worker per CPU):
 //! a sequential caller gains nothing from workers, and on them tonic's `Buffer` task is a
 //! cross-thread hop per call.
@@ -36,10 +41,12 @@ use goplugin::{Client, HandshakeConfig};
 use tonic::transport::Channel;
 
 mod direct_channel;
+mod socket_floor;
 use direct_channel::DirectChannel;
 
 const USAGE: &str = "usage: bench_host PLUGIN [--runs N] [--calls N] [--rounds N] [--mtls] \
-    [--multi-thread] [--channel client,tonic,direct] | PLUGIN --stream [--size B] [--msgs N]";
+    [--multi-thread] [--channel client,tonic,direct] | PLUGIN --stream [--size B] [--msgs N] \
+    | PROGRAM --socket-floor [--calls N] [--rounds N]";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -75,6 +82,7 @@ struct Args {
     multi_thread: bool,
     kinds: Vec<Kind>,
     stream: bool,
+    socket_floor: bool,
     size: usize,
     msgs: usize,
 }
@@ -96,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
         multi_thread: false,
         kinds: vec![Kind::Client],
         stream: false,
+        socket_floor: false,
         size: 1024,
         msgs: 20000,
     };
@@ -113,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
             "--mtls" => args.mtls = true,
             "--multi-thread" => args.multi_thread = true,
             "--stream" => args.stream = true,
+            "--socket-floor" => args.socket_floor = true,
             "--channel" => {
                 args.kinds = value("--channel")?
                     .split(',')
@@ -330,7 +340,37 @@ async fn stream_mode(args: &Args) {
     );
 }
 
+/// Socket-floor mode: one JSON line with the p50s and p99s of the rounds.
+fn socket_floor_mode(args: &Args, work: &std::path::Path) {
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        let lat = socket_floor::round(&args.plugin, work, args.calls)
+            .unwrap_or_else(|e| panic!("socket floor with {}: {e}", args.plugin));
+        p50s.push(percentile(&lat, 0.50));
+        p99s.push(percentile(&lat, 0.99));
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "rpc_p50_us": p50s,
+            "rpc_p99_us": p99s,
+            "channel": "socket_floor",
+            "runtime": "none",
+            "mtls": false,
+        })
+    );
+}
+
 fn main() {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("--socket-echo") {
+        let path = argv.next().unwrap_or_default();
+        if let Err(e) = socket_floor::echo(&path) {
+            eprintln!("bench_host --socket-echo {path}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -346,6 +386,11 @@ fn main() {
     if let Err(e) = ready {
         eprintln!("bench_host: {}: {e}", work.display());
         std::process::exit(1);
+    }
+    if args.socket_floor {
+        socket_floor_mode(&args, &work);
+        let _ = std::fs::remove_dir_all(&work);
+        return;
     }
     let mut builder = if args.multi_thread {
         tokio::runtime::Builder::new_multi_thread()
