@@ -83,9 +83,11 @@ async fn copies_both_streams_into_their_files() {
     err.write_all(b"hello stderr\n").unwrap();
     wait_content(&dir.path().join("web.stdout.0"), b"hello stdout\n");
     wait_content(&dir.path().join("web.stderr.0"), b"hello stderr\n");
+    // Written through while the writers stay open, not held for a periodic flush: the bound is
+    // loose (a loaded CI machine), the copy's speed is the benchmark's to measure.
     assert!(
-        t0.elapsed() < Duration::from_millis(100),
-        "{:?}",
+        t0.elapsed() < Duration::from_secs(1),
+        "held for {:?}",
         t0.elapsed()
     );
     // Start again with the same parameters: a no-op, still copying.
