@@ -2,7 +2,8 @@
 //! Python go-plugin host does and calls a unary and a bidirectional-streaming RPC, against the
 //! Rust plugin and against go-plugin v1.8.0's Go plugin with the same contract, over a unix
 //! socket (gRPC core sends the percent-encoded socket path as `:authority`, which h2 alone
-//! refuses and grpc-go accepts) and over TCP. The host is compat-tests/python/grpcio_host.py, with
+//! refuses and grpc-go accepts) and over TCP, and over TLS: go-plugin's pre-shared TLS works from
+//! Python, AutoMTLS cannot (below). The host is compat-tests/python/grpcio_host.py, with
 //! grpcio from compat-tests/python/requirements.txt in target/python-venv (scripts/test makes
 //! it); without it the tests print one line and skip.
 
@@ -11,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::go::go_bins;
+use common::go::{go_bins, go_plugin_test_pems};
 use goplugin::HandshakeLine;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
@@ -36,10 +37,18 @@ fn python() -> Option<PathBuf> {
     found
 }
 
-/// Starts `cmd` as a plugin on `network` and returns it with its handshake line.
-fn serve(mut cmd: Command, network: &str) -> (std::process::Child, HandshakeLine) {
+/// Starts `cmd` as a plugin on `network` and returns it with its handshake line; with
+/// `client_cert` (PEM) in `PLUGIN_CLIENT_CERT`, i.e. AutoMTLS.
+fn serve(
+    mut cmd: Command,
+    network: &str,
+    client_cert: Option<&str>,
+) -> (std::process::Child, HandshakeLine) {
+    match client_cert {
+        Some(pem) => cmd.env("PLUGIN_CLIENT_CERT", pem),
+        None => cmd.env_remove("PLUGIN_CLIENT_CERT"),
+    };
     cmd.env("TEST_MAGIC_COOKIE", "test")
-        .env_remove("PLUGIN_CLIENT_CERT")
         .env_remove("PLUGIN_MULTIPLEX_GRPC")
         .env("GOPLUGIN_NETWORK", network)
         .stdin(Stdio::null())
@@ -53,13 +62,17 @@ fn serve(mut cmd: Command, network: &str) -> (std::process::Child, HandshakeLine
     (child, parsed)
 }
 
-/// Runs the Python host against `line`'s address and returns what it printed.
-fn call(py: &Path, line: &HandshakeLine) -> serde_json::Value {
+/// Runs the Python host against `line`'s address with `flags` and gRPC core's TLS trace on, and
+/// returns what it printed and its log.
+fn call(py: &Path, line: &HandshakeLine, flags: &[&str]) -> (serde_json::Value, String) {
     let script = Path::new(MANIFEST).join("compat-tests/python/grpcio_host.py");
     let out = Command::new(py)
         .arg(script)
         .arg(line.network.as_str())
         .arg(&line.address)
+        .args(flags)
+        .env("GRPC_VERBOSITY", "debug")
+        .env("GRPC_TRACE", "tsi")
         .output()
         .expect("run python");
     assert!(
@@ -68,7 +81,8 @@ fn call(py: &Path, line: &HandshakeLine) -> serde_json::Value {
         line.address,
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+    let got = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    (got, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn expected() -> serde_json::Value {
@@ -79,11 +93,17 @@ fn rust_plugin() -> Command {
     Command::new(common::example("grpctest_plugin"))
 }
 
+/// go-plugin's Go grpctest plugin (compat-tests/cmd/grpctest-plugin-go); its mode is the first
+/// argument.
+fn go_plugin() -> Command {
+    Command::new(go_bins().join("grpctest-plugin-go"))
+}
+
 /// What the Python host got from `cmd` served on `network`; the plugin is killed afterwards.
 fn answers(py: &Path, cmd: Command, network: &str) -> serde_json::Value {
-    let (mut child, line) = serve(cmd, network);
+    let (mut child, line) = serve(cmd, network, None);
     assert_eq!(line.network.as_str(), network);
-    let got = call(py, &line);
+    let (got, _) = call(py, &line, &[]);
     child.kill().ok();
     child.wait().ok();
     got
@@ -104,7 +124,83 @@ fn grpcio_host_calls_the_rust_plugin_over_tcp() {
 #[test]
 fn grpcio_host_gets_the_same_answers_from_the_go_plugin() {
     let Some(py) = python() else { return };
-    let mut go = Command::new(go_bins().join("grpctest-plugin-go"));
+    let mut go = go_plugin();
     go.arg("test-grpc");
     assert_eq!(answers(&py, go, "unix"), expected());
+}
+
+/// go-plugin's pre-shared TLS (`ServeConfig.TLSProvider`, here go-plugin's own test material: an
+/// RSA server certificate for `cert.myvault.com` and its CA) works from Python: the Rust plugin
+/// (`Server::tls`) and go-plugin's Go plugin give a grpcio host that trusts the CA the same
+/// answers over TLS on the unix socket.
+#[test]
+fn grpcio_host_over_pre_shared_tls_gets_the_same_answers_from_both_plugins() {
+    let Some(py) = python() else { return };
+    let (ca, cert, key) = go_plugin_test_pems();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    for (name, mut plugin) in [("rust", rust_plugin()), ("go", go_plugin())] {
+        plugin
+            .arg("test-grpc-tls")
+            .env("GRPCTEST_TLS_CA_PEM", &ca)
+            .env("GRPCTEST_TLS_CERT_PEM", &cert)
+            .env("GRPCTEST_TLS_KEY_PEM", &key);
+        let (mut child, line) = serve(plugin, "unix", None);
+        let ca = ca_file.to_str().unwrap();
+        let (got, log) = call(
+            &py,
+            &line,
+            &["--tls-ca", ca, "--tls-name", "cert.myvault.com"],
+        );
+        child.kill().ok();
+        child.wait().ok();
+        assert_eq!(got, expected(), "{name}: {log}");
+    }
+}
+
+/// go-plugin's AutoMTLS cannot be used from Python, with either plugin, and both refuse alike:
+/// the plugin's certificate is P-521 (go-plugin's template, kept by ours), a TLS 1.3 server signs
+/// its handshake with ecdsa_secp521r1_sha512, and gRPC core's BoringSSL does not offer that
+/// scheme, so the plugin answers the ClientHello with a `handshake_failure` alert and the channel
+/// never becomes ready. Everything else is as a host would set it up: the plugin's certificate
+/// from field 6 pinned, the host's own in `PLUGIN_CLIENT_CERT` and presented. (A Python host
+/// needs pre-shared TLS, above, or a TLS library that offers P-521.)
+#[test]
+fn grpcio_host_cannot_use_auto_mtls_with_either_plugin_alike() {
+    let Some(py) = python() else { return };
+    let host = goplugin::tls::Identity::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("host.pem"), dir.path().join("host.key"));
+    std::fs::write(&cert_file, host.cert_pem()).unwrap();
+    std::fs::write(&key_file, host.key_pem()).unwrap();
+    let mut go = go_plugin();
+    go.arg("test-grpc");
+    for (name, plugin) in [("rust", rust_plugin()), ("go", go)] {
+        let (mut child, line) = serve(plugin, "unix", Some(&host.cert_pem()));
+        let field6 = line
+            .server_cert
+            .clone()
+            .expect("AutoMTLS: a certificate in field 6");
+        let flags = [
+            "--plugin-cert",
+            &field6,
+            "--tls-name",
+            "localhost",
+            "--client-cert",
+            cert_file.to_str().unwrap(),
+            "--client-key",
+            key_file.to_str().unwrap(),
+            "--ready-timeout",
+            "3",
+        ];
+        let (got, log) = call(&py, &line, &flags);
+        child.kill().ok();
+        child.wait().ok();
+        assert_eq!(got, serde_json::json!({"ready": false}), "{name}");
+        assert!(
+            log.contains("SSLV3_ALERT_HANDSHAKE_FAILURE"),
+            "{name}: not refused with handshake_failure:\n{log}"
+        );
+    }
 }
