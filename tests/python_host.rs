@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::go::{go_bins, go_plugin_test_pems};
-use goplugin::HandshakeLine;
+use common::Plugin;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -37,34 +37,20 @@ fn python() -> Option<PathBuf> {
     found
 }
 
-/// Starts `cmd` as a plugin on `network` and returns it with its handshake line; with
+/// Starts `cmd` as a plugin on `network` (killed when the returned value is dropped); with
 /// `client_cert` (PEM) in `PLUGIN_CLIENT_CERT`, i.e. AutoMTLS.
-fn serve(
-    mut cmd: Command,
-    network: &str,
-    client_cert: Option<&str>,
-) -> (std::process::Child, HandshakeLine) {
-    match client_cert {
-        Some(pem) => cmd.env("PLUGIN_CLIENT_CERT", pem),
-        None => cmd.env_remove("PLUGIN_CLIENT_CERT"),
-    };
-    cmd.env("TEST_MAGIC_COOKIE", "test")
-        .env_remove("PLUGIN_MULTIPLEX_GRPC")
-        .env("GOPLUGIN_NETWORK", network)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("spawn plugin");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("read");
-    let parsed = HandshakeLine::parse(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-    (child, parsed)
+fn serve(cmd: Command, network: &str, client_cert: Option<&str>) -> Plugin {
+    let mut env = vec![("GOPLUGIN_NETWORK", network)];
+    env.extend(client_cert.map(|pem| ("PLUGIN_CLIENT_CERT", pem)));
+    let plugin = common::start_cmd(cmd, &env, true);
+    assert_eq!(plugin.line().network.as_str(), network);
+    plugin
 }
 
-/// Runs the Python host against `line`'s address with `flags` and gRPC core's TLS trace on, and
-/// returns what it printed and its log.
-fn call(py: &Path, line: &HandshakeLine, flags: &[&str]) -> (serde_json::Value, String) {
+/// Runs the Python host against `plugin` with `flags` and gRPC core's TLS trace on, and returns
+/// what it printed and its log.
+fn call(py: &Path, plugin: &Plugin, flags: &[&str]) -> (serde_json::Value, String) {
+    let line = plugin.line();
     let script = Path::new(MANIFEST).join("compat-tests/python/grpcio_host.py");
     let out = Command::new(py)
         .arg(script)
@@ -75,14 +61,17 @@ fn call(py: &Path, line: &HandshakeLine, flags: &[&str]) -> (serde_json::Value, 
         .env("GRPC_TRACE", "tsi")
         .output()
         .expect("run python");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "grpcio host failed against {}: {}",
+        "grpcio host failed against {}: {log}\nplugin stderr: {}",
         line.address,
-        String::from_utf8_lossy(&out.stderr)
+        plugin.stderr_text()
     );
-    let got = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    (got, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        serde_json::from_slice(&out.stdout).expect("one JSON object"),
+        log,
+    )
 }
 
 fn expected() -> serde_json::Value {
@@ -99,14 +88,9 @@ fn go_plugin() -> Command {
     Command::new(go_bins().join("grpctest-plugin-go"))
 }
 
-/// What the Python host got from `cmd` served on `network`; the plugin is killed afterwards.
+/// What the Python host got from `cmd` served on `network`, over plaintext.
 fn answers(py: &Path, cmd: Command, network: &str) -> serde_json::Value {
-    let (mut child, line) = serve(cmd, network, None);
-    assert_eq!(line.network.as_str(), network);
-    let (got, _) = call(py, &line, &[]);
-    child.kill().ok();
-    child.wait().ok();
-    got
+    call(py, &serve(cmd, network, None), &[]).0
 }
 
 #[test]
@@ -146,15 +130,10 @@ fn grpcio_host_over_pre_shared_tls_gets_the_same_answers_from_both_plugins() {
             .env("GRPCTEST_TLS_CA_PEM", &ca)
             .env("GRPCTEST_TLS_CERT_PEM", &cert)
             .env("GRPCTEST_TLS_KEY_PEM", &key);
-        let (mut child, line) = serve(plugin, "unix", None);
+        let plugin = serve(plugin, "unix", None);
         let ca = ca_file.to_str().unwrap();
-        let (got, log) = call(
-            &py,
-            &line,
-            &["--tls-ca", ca, "--tls-name", "cert.myvault.com"],
-        );
-        child.kill().ok();
-        child.wait().ok();
+        let flags = ["--tls-ca", ca, "--tls-name", "cert.myvault.com"];
+        let (got, log) = call(&py, &plugin, &flags);
         assert_eq!(got, expected(), "{name}: {log}");
     }
 }
@@ -177,8 +156,9 @@ fn grpcio_host_cannot_use_auto_mtls_with_either_plugin_alike() {
     let mut go = go_plugin();
     go.arg("test-grpc");
     for (name, plugin) in [("rust", rust_plugin()), ("go", go)] {
-        let (mut child, line) = serve(plugin, "unix", Some(&host.cert_pem()));
-        let field6 = line
+        let plugin = serve(plugin, "unix", Some(&host.cert_pem()));
+        let field6 = plugin
+            .line()
             .server_cert
             .clone()
             .expect("AutoMTLS: a certificate in field 6");
@@ -194,9 +174,7 @@ fn grpcio_host_cannot_use_auto_mtls_with_either_plugin_alike() {
             "--ready-timeout",
             "3",
         ];
-        let (got, log) = call(&py, &line, &flags);
-        child.kill().ok();
-        child.wait().ok();
+        let (got, log) = call(&py, &plugin, &flags);
         assert_eq!(got, serde_json::json!({"ready": false}), "{name}");
         assert!(
             log.contains("SSLV3_ALERT_HANDSHAKE_FAILURE"),

@@ -354,9 +354,6 @@ fn socket_floor_mode(args: &Args, work: &std::path::Path) {
         serde_json::json!({
             "rpc_p50_us": p50s,
             "rpc_p99_us": p99s,
-            "channel": "socket_floor",
-            "runtime": "none",
-            "mtls": false,
         })
     );
 }

@@ -48,8 +48,15 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Plugin {
 
 pub fn start_bin(name: &str, args: &[&str], env: &[(&str, &str)], cookie: bool) -> Plugin {
     let mut cmd = Command::new(example(name));
-    cmd.args(args)
-        .env_remove("PLUGIN_CLIENT_CERT")
+    cmd.args(args);
+    start_cmd(cmd, env, cookie)
+}
+
+/// Starts `cmd` (any plugin binary: an example, a Go plugin) as [`start_bin`] does: none of the
+/// host-set go-plugin variables inherited, `env` on top, its handshake line read, stderr kept,
+/// killed on drop.
+pub fn start_cmd(mut cmd: Command, env: &[(&str, &str)], cookie: bool) -> Plugin {
+    cmd.env_remove("PLUGIN_CLIENT_CERT")
         .env_remove("PLUGIN_MULTIPLEX_GRPC")
         .env_remove("GOPLUGIN_NETWORK")
         .stdin(Stdio::null())
